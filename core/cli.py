@@ -1,0 +1,242 @@
+"""The CLI: one verb per thing a user does in the app. Errors a user can fix print one clear line (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from core.errors import WorkbenchError
+
+
+def _detector_from_args(args: argparse.Namespace):
+    from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig, SearchConfig
+
+    layers = tuple(args.layers.split(",")) if args.layers else ()
+    if args.detector == "padim":
+        return Padim(PadimConfig(backbone=args.backbone, layers=layers, image_size=args.image_size, seed=args.seed))
+    return PatchCore(
+        PatchCoreConfig(
+            backbone=args.backbone,
+            layers=layers,
+            image_size=args.image_size,
+            coreset=args.coreset,
+            ratio=args.ratio,
+            coreset_size=args.coreset_size,
+            num_neighbors=args.num_neighbors,
+            index=SearchConfig(kind=args.index, nprobe=args.nprobe),
+            seed=args.seed,
+        )
+    )
+
+
+def _add_detector_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset folder, or a name under the data roots ('demo' = built-in demo)")
+    p.add_argument("--detector", choices=["patchcore", "padim"], default="patchcore")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0")
+    p.add_argument("--layers", default="", help="comma-separated module names (default: the backbone's)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy")
+    p.add_argument("--ratio", type=float, default=0.01, help="coreset size as a share of all patches")
+    p.add_argument("--coreset-size", type=int, default=None, help="absolute coreset size (overrides --ratio)")
+    p.add_argument("--num-neighbors", type=int, default=9, help="bank neighbours for the score reweighting")
+    p.add_argument("--index", choices=["flat", "ivfpq"], default="flat")
+    p.add_argument("--nprobe", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from core.backbones.verify import main_backbones
+
+    return main_backbones(verify=args.verify)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from core.features import FeatureCache
+
+    cache = FeatureCache()
+    if args.action == "clear":
+        print(f"removed {cache.clear()} entries from {cache.root}")
+    else:
+        info = cache.info()
+        print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from core.data import ensure_demo, make_demo_dataset
+
+    path = make_demo_dataset(Path(args.out), seed=args.seed) if args.out else ensure_demo()
+    print(path)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from core.data import index_dataset
+    from core.data.locate import resolve_dataset
+
+    index = index_dataset(resolve_dataset(args.dataset))
+    print(index.summary())
+    for name in index.splits:
+        print(f"  {name:>12}: {len(index.splits[name]):5d}  {index.class_counts(name) if index.splits[name] else ''}")
+    for w in index.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _cache(args):
+    from core.features import FeatureCache
+
+    return None if args.no_cache else FeatureCache()
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from core.config import set_threads
+    from core.data import index_dataset
+    from core.data.locate import resolve_dataset
+    from core.evaluation import check_can_fit
+    from core.progress import TqdmProgress
+
+    set_threads()
+    index = index_dataset(resolve_dataset(args.dataset))
+    check_can_fit(index)
+    det = _detector_from_args(args)
+    paths = [str(index.abs_path(r)) for r in index.split("train_normal")]
+    report = det.fit(paths, cache=_cache(args), progress=TqdmProgress(), fingerprint=index.fingerprint("train_normal"))
+    for path, msg in report.skipped.items():
+        print(f"skipped: {msg}", file=sys.stderr)
+    det.save(args.out, extra={"dataset": str(index.root), "fit_report": report.to_dict()})
+    print(json.dumps({"model": str(args.out), **report.to_dict()}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.config import set_threads
+    from core.data.locate import resolve_dataset
+    from core.evaluation import run_evaluate
+    from core.progress import TqdmProgress
+
+    set_threads()
+    det = _detector_from_args(args)
+    m = run_evaluate(resolve_dataset(args.dataset), det, args.out, split=args.split, cache=_cache(args), progress=TqdmProgress())
+    keys = ["image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max", "fit_seconds", "ms_per_image", "memory_bank_size"]
+    print(json.dumps({k: m.get(k) for k in keys}, indent=2))
+    if m.get("warning"):
+        print(f"WARNING: {m['warning']}", file=sys.stderr)
+    print(f"wrote {Path(args.out) / 'metrics.json'}, scores.csv, overlays/ and model/")
+    return 0
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    from core.data.images import IMAGE_EXTENSIONS
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()))
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from core.config import set_threads
+    from core.detectors import load_detector
+
+    set_threads()
+    det = load_detector(args.model)
+    files = _expand(args.paths)
+    if not files:
+        raise WorkbenchError(f"No images found in {', '.join(args.paths)}.", "Give image files or folders of them.")
+    res = det.score_paths([str(f) for f in files], cache=None)
+    norm = det.normalisation.normalise(res.scores)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "score", "decision", "score_normalised", "error"])
+    by_index = {i: k for k, i in enumerate(res.ok)}
+    for i, f in enumerate(files):
+        if i in by_index:
+            k = by_index[i]
+            s = float(res.scores[k])
+            w.writerow([str(f), f"{s:.6g}", "anomalous" if s >= det.threshold else "normal", f"{norm[k]:.4f}", ""])
+        else:
+            w.writerow([str(f), "", "error", "", res.errors[i]])
+            print(f"error: {res.errors[i]}", file=sys.stderr)
+    if args.heatmaps:
+        _write_heatmaps(Path(args.heatmaps), det, files, res)
+    if args.csv:
+        from core.storage import atomic_write_text
+
+        atomic_write_text(args.csv, buf.getvalue())
+        print(f"wrote {args.csv}: {len(res.ok)} scored, {len(res.errors)} unreadable")
+    else:
+        sys.stdout.write(buf.getvalue())
+    return 0 if res.ok else 2
+
+
+def _write_heatmaps(folder: Path, det, files: list[Path], res) -> None:
+    from core.data import read_image
+    from core.visualize import overlay, side_by_side, write_png
+
+    for k, i in enumerate(res.ok):
+        img = read_image(files[i])
+        amap = det.normalisation.normalise_map(res.maps[k])
+        write_png(folder / f"{files[i].stem}_heatmap.png", side_by_side(img, overlay(img, amap, predicted=amap >= 1.0)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the README's CLI section)."""
+    ap = argparse.ArgumentParser(prog="python -m core", description="Visual anomaly-detection workbench engine.")
+    sub = ap.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("backbones", help="list offline backbones; --verify runs each on a cat photo")
+    p.add_argument("--verify", action="store_true")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("cache", help="feature cache: info or clear")
+    p.add_argument("action", choices=["info", "clear"])
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("demo", help="build the built-in demo dataset (deterministic)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("index", help="show a dataset's layout, splits and class counts")
+    p.add_argument("dataset")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("fit", help="fit a heatmap detector on a dataset's normal training images")
+    _add_detector_options(p)
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="fit on train/good, measure on a split, write metrics.json + scores.csv")
+    _add_detector_options(p)
+    p.add_argument("--split", default="test", help="'test' (MVTec protocol: all of test/) or test_mix / val_mix")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="score images or folders with a saved model")
+    p.add_argument("model")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--csv", default=None)
+    p.add_argument("--heatmaps", default=None, help="folder for heatmap overlays")
+    p.set_defaults(func=cmd_score)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,272 @@
+"""What every heatmap detector shares: features through the cache, held-out normalisation, scoring of
+paths or decoded images, and the model folder (safetensors + JSON).
+
+A subclass implements the pure model: ``_fit_embeddings`` (learn from normal features) and
+``_score_embeddings`` (raw image scores and patch-level maps), plus its arrays for saving.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from core.data.splits import holdout
+from core.detectors.postprocess import Normalisation, upsample_and_blur
+from core.errors import DatasetError, ModelFormatError
+from core.features import FeatureCache, FeatureExtractor, FeatureSpec
+from core.progress import ProgressFn, no_progress
+from core.storage import load_model_folder, save_model_folder
+
+
+@dataclass
+class FitReport:
+    """Where fitting spent its time and what it saw."""
+
+    n_fit_images: int
+    n_calibration_images: int
+    seconds: dict[str, float]
+    cache: dict[str, int]
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> message
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total_seconds"] = self.total_seconds
+        return d
+
+
+@dataclass
+class ScoreResult:
+    """Raw and normalised scores and anomaly maps (image_size x image_size) of the images that were read."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+    ok: list[int]
+    errors: dict[int, str]
+    seconds: dict[str, float]
+
+    @property
+    def ms_per_image(self) -> float:
+        n = max(1, len(self.ok))
+        return 1000.0 * sum(self.seconds.values()) / n
+
+
+class HeatmapDetector:
+    """Base class: subclasses set ``kind`` and implement the pure model methods."""
+
+    kind: ClassVar[str] = ""
+    calibration_fraction: float = 0.1
+
+    def __init__(self, backbone: str, layers: Sequence[str] | None, image_size: int, blur_sigma: float, seed: int):
+        self.backbone = backbone
+        self.layers: tuple[str, ...] = tuple(layers or ())
+        self.image_size = int(image_size)
+        self.blur_sigma = float(blur_sigma)
+        self.seed = int(seed)
+        self.normalisation: Normalisation | None = None
+        self.train_fingerprint: str = ""
+        self.train_paths: list[str] = []
+        self.weights_sha256: str = ""
+        self._extractor: FeatureExtractor | None = None
+
+    # --- features -------------------------------------------------------------------------------
+    def extractor(self, cache: FeatureCache | None = None, device: str | None = None) -> FeatureExtractor:
+        """The feature extractor for this model's backbone, layers and size (created once)."""
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(
+                FeatureSpec(self.backbone, self.layers, self.image_size), device=device, cache=cache
+            )
+            self.layers = self._extractor.spec.layers
+            if self.weights_sha256 and self.weights_sha256 != self._extractor.weights_sha256:
+                raise ModelFormatError(
+                    f"This model was fitted with other {self.backbone} weights "
+                    f"(sha256 {self.weights_sha256[:12]}…, installed {self._extractor.weights_sha256[:12]}…).",
+                    "Refit the model with the installed weights, or install the weights it was made with.",
+                )
+            self.weights_sha256 = self._extractor.weights_sha256
+        elif cache is not None:
+            self._extractor.cache = cache
+        return self._extractor
+
+    # --- to implement ---------------------------------------------------------------------------
+    def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
+        """Learn from normal features; return seconds per stage."""
+        raise NotImplementedError
+
+    def _score_embeddings(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Raw image scores (N,), patch maps (N x h x w) and seconds per stage."""
+        raise NotImplementedError
+
+    def _params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def estimate_fit_bytes(self, n_images: int) -> int:
+        """Peak bytes fitting on ``n_images`` will need (checked before extraction starts)."""
+        return 0
+
+    # --- fit / score ----------------------------------------------------------------------------
+    def fit(
+        self,
+        paths: Sequence[str | Path],
+        cache: FeatureCache | None = None,
+        progress: ProgressFn = no_progress,
+        fingerprint: str = "",
+    ) -> FitReport:
+        """Fit on normal images: a held-out slice (``calibration_fraction``) fixes the normalisation."""
+        from core.resources import check_memory
+
+        paths = [str(p) for p in paths]
+        if len(paths) < 2:
+            raise DatasetError(
+                f"Fitting needs at least 2 normal images; got {len(paths)}.",
+                "Point the detector at a dataset whose train/good (or normal) folder holds images.",
+            )
+        fit_paths, calib_paths = holdout(paths, self.calibration_fraction, salt=f"calibration:{self.seed}")
+        check_memory(self.estimate_fit_bytes(len(fit_paths)), f"fitting {self.kind} on {len(fit_paths)} images")
+        ext = self.extractor(cache)
+        t0 = time.perf_counter()
+        res = ext.extract_paths(fit_paths, progress)
+        seconds = {"extract": time.perf_counter() - t0}
+        skipped = {fit_paths[i]: msg for i, msg in res.errors.items()}
+        if len(res.ok) < 1:
+            raise DatasetError("No training image could be read.", "See the messages above for each file.")
+        seconds.update(self._fit_embeddings(res.features, progress))
+        self.train_paths = [fit_paths[i] for i in res.ok]
+        self.train_fingerprint = fingerprint
+        t0 = time.perf_counter()
+        calib = self.score_paths(calib_paths, cache=cache, progress=progress, normalise=False)
+        skipped.update({calib_paths[i]: msg for i, msg in calib.errors.items()})
+        if len(calib.ok) == 0:
+            raise DatasetError("No held-out normal image could be read.", "Add readable normal images.")
+        self.normalisation = Normalisation.from_normals(calib.scores, calib.maps)
+        seconds["calibrate"] = time.perf_counter() - t0
+        return FitReport(
+            n_fit_images=len(res.ok),
+            n_calibration_images=len(calib.ok),
+            seconds=seconds,
+            cache=res.cache.as_dict(),
+            skipped=skipped,
+        )
+
+    def _finish(self, features: dict[str, np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        scores, patch_maps, s = self._score_embeddings(features)
+        seconds.update({k: seconds.get(k, 0.0) + v for k, v in s.items()})
+        t0 = time.perf_counter()
+        maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
+        seconds["map"] = seconds.get("map", 0.0) + time.perf_counter() - t0
+        return scores, maps
+
+    def score_paths(
+        self,
+        paths: Sequence[str | Path],
+        cache: FeatureCache | None = None,
+        progress: ProgressFn = no_progress,
+        normalise: bool = True,
+        batch_size: int = 64,
+    ) -> ScoreResult:
+        """Score image files in chunks (bounded memory); unreadable files are reported, not fatal.
+
+        Each image's score depends on that image alone: the model and its stored normalisation are fixed.
+        """
+        ext = self.extractor(cache)
+        all_scores, all_maps, ok, errors = [], [], [], {}
+        seconds: dict[str, float] = {}
+        paths = [str(p) for p in paths]
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            t0 = time.perf_counter()
+            res = ext.extract_paths(chunk)
+            seconds["backbone"] = seconds.get("backbone", 0.0) + time.perf_counter() - t0
+            errors.update({start + i: m for i, m in res.errors.items()})
+            if res.ok:
+                s, m = self._finish(res.features, seconds)
+                all_scores.append(s)
+                all_maps.append(m)
+                ok.extend(start + i for i in res.ok)
+            progress("score", min(start + batch_size, len(paths)), len(paths))
+        return self._result(all_scores, all_maps, ok, errors, seconds)
+
+    def score_images(self, images: Sequence[np.ndarray]) -> ScoreResult:
+        """Score decoded uint8 RGB images (uploads), without the disk cache."""
+        ext = self.extractor()
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        feats = ext.extract_images(list(images))
+        seconds["backbone"] = time.perf_counter() - t0
+        s, m = self._finish(feats, seconds)
+        return self._result([s], [m], list(range(len(images))), {}, seconds)
+
+    def _result(self, scores, maps, ok, errors, seconds) -> ScoreResult:
+        size = self.image_size
+        return ScoreResult(
+            scores=np.concatenate(scores) if scores else np.zeros(0),
+            maps=np.concatenate(maps) if maps else np.zeros((0, size, size), np.float32),
+            ok=ok,
+            errors=errors,
+            seconds=seconds,
+        )
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold on raw scores (held-out normals' quantile unless tuned)."""
+        if self.normalisation is None:
+            raise RuntimeError("the model is not fitted")
+        return self.normalisation.image_threshold
+
+    # --- persistence ----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything but the arrays, as written to config.json."""
+        return {
+            "backbone": self.backbone,
+            "layers": list(self.layers),
+            "image_size": self.image_size,
+            "blur_sigma": self.blur_sigma,
+            "seed": self.seed,
+            "weights_sha256": self.weights_sha256,
+            "train_fingerprint": self.train_fingerprint,
+            "train_paths": self.train_paths,
+            "normalisation": self.normalisation.to_dict() if self.normalisation else None,
+            "params": self._params(),
+        }
+
+    def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the model folder atomically (arrays first, config with their hash last)."""
+        if self.normalisation is None:
+            raise RuntimeError("fit the model before saving it")
+        cfg = self.config()
+        cfg.update(extra or {})
+        return save_model_folder(folder, self.kind, cfg, self._arrays())
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "HeatmapDetector":
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "HeatmapDetector":
+        """Load a folder written by :meth:`save` of this kind (checks version, hash and kind)."""
+        cfg, arrays = load_model_folder(folder, expect_kind=cls.kind)
+        try:
+            det = cls.from_config(cfg)
+            det.layers = tuple(cfg["layers"])
+            det.weights_sha256 = cfg["weights_sha256"]
+            det.train_fingerprint = cfg.get("train_fingerprint", "")
+            det.train_paths = list(cfg.get("train_paths", []))
+            det.normalisation = Normalisation.from_dict(cfg["normalisation"])
+            det._load_arrays(arrays)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{folder}: config.json lacks or mistypes {exc}.", "Refit the model.") from exc
+        return det

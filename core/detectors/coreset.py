@@ -1,0 +1,217 @@
+"""Coreset subsampling of the PatchCore memory bank: random, greedy k-center, variance-weighted greedy.
+
+The greedy selection is the paper's k-center greedy on a Johnson-Lindenstrauss random projection, but
+computed in *batches* with an exactness guarantee, so it picks the same points as the plain one-pick-per-pass
+loop (up to floating-point ties) while reading the full bank far less often:
+
+    Each pass takes the ``pool`` points with the largest current distance-to-coreset ``d`` and the next
+    largest value ``tau`` outside the pool. Picks are then made *inside the pool* (updating the pool's
+    distances after each pick) for as long as the best pool value is >= ``tau``: distances only shrink, so
+    no point outside the pool can beat it, and each such pick is exactly the plain loop's next pick. The
+    whole bank is then updated once against all picks of the pass with one matrix product.
+
+Measured on magnetic_tile (530k x 152 patches, 1 %): see benchmarks/coreset_speed.py. The plain loop is
+kept as ``greedy_reference`` for that benchmark and for the exactness test.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.progress import ProgressFn, no_progress
+
+METHODS = ("random", "greedy", "variance")
+
+
+@dataclass
+class CoresetResult:
+    """Indices of the chosen rows, and how long choosing took."""
+
+    indices: np.ndarray
+    seconds: float
+    method: str
+    passes: int = 0  # full-bank passes of the batched greedy
+
+
+def coreset_size(n: int, ratio: float | None, size: int | None) -> int:
+    """The bank size from a ratio or an absolute size (at least 1, at most n)."""
+    if size is not None:
+        k = int(size)
+    elif ratio is not None:
+        k = int(round(n * float(ratio)))
+    else:
+        k = n
+    return max(1, min(n, k))
+
+
+def random_projection(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """Gaussian JL projection of rows of ``x`` to ``dim`` dimensions (identity when already small)."""
+    if dim <= 0 or x.shape[1] <= dim:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    proj = rng.standard_normal((x.shape[1], dim)).astype(np.float32) / np.sqrt(dim)
+    return np.ascontiguousarray(x.astype(np.float32, copy=False) @ proj)
+
+
+def _augment(x: np.ndarray, sq: np.ndarray) -> np.ndarray:
+    """Rows ``[x, |x|^2, 1]``: with :func:`_augment_centers` one matrix product gives squared distances."""
+    return np.hstack([x, sq[:, None], np.ones((len(x), 1), np.float32)]).astype(np.float32)
+
+
+def _augment_centers(c: np.ndarray) -> np.ndarray:
+    return np.hstack([-2.0 * c, np.ones((len(c), 1), np.float32), np.einsum("ij,ij->i", c, c)[:, None]]).astype(
+        np.float32
+    )
+
+
+class _BankDistances:
+    """Squared distance of every bank row to its nearest chosen center, updated pass by pass.
+
+    The rows are first rotated onto their principal axes (an orthogonal map: distances are unchanged), so
+    the distance over the first ``prefix`` coordinates is a lower bound of the full one. Each update
+    computes that cheap bound against the new centers and does the full product only for rows whose
+    bound is below their current distance. Measured on magnetic_tile features this skips most rows in
+    later passes (benchmarks/coreset_speed.py).
+    """
+
+    def __init__(self, x: np.ndarray, prefix: int = 16, chunk: int = 32768) -> None:
+        x = x - x.mean(axis=0, keepdims=True)
+        sample = x[:: max(1, len(x) // 20000)]
+        _, _, vt = np.linalg.svd(sample.astype(np.float64), full_matrices=False)
+        self.x = np.ascontiguousarray(x @ vt.T.astype(np.float32), dtype=np.float32)
+        self.prefix = min(prefix, self.x.shape[1])
+        sq = np.einsum("ij,ij->i", self.x, self.x)
+        self.full = _augment(self.x, sq)
+        head = self.x[:, : self.prefix]
+        self.head = _augment(head, np.einsum("ij,ij->i", head, head))
+        self.chunk = chunk
+        self.dist = np.full(len(x), np.inf, dtype=np.float32)
+
+    def update(self, new: np.ndarray) -> None:
+        """Lower ``dist`` with the distances to the rows ``new`` (indices)."""
+        c_full = _augment_centers(self.x[new])
+        c_head = _augment_centers(self.x[new, : self.prefix])
+        for s in range(0, len(self.x), self.chunk):
+            dist = self.dist[s : s + self.chunk]
+            bound = (self.head[s : s + self.chunk] @ c_head.T).min(axis=1)
+            rows = np.flatnonzero(bound < dist)
+            if rows.size == 0:
+                continue
+            d = (self.full[s + rows] @ c_full.T).min(axis=1)
+            np.maximum(d, 0.0, out=d)
+            dist[rows] = np.minimum(dist[rows], d)
+
+def greedy_kcenter(
+    x: np.ndarray,
+    k: int,
+    weights: np.ndarray | None = None,
+    seed: int = 0,
+    pool: int = 2048,
+    progress: ProgressFn = no_progress,
+) -> tuple[np.ndarray, int]:
+    """Exact k-center greedy (optionally weighted: maximise ``weights * d``) in batched passes.
+
+    Returns ``(indices, passes)``. ``x`` should already be projected (float32, N x d).
+    """
+    n = len(x)
+    k = min(k, n)
+    bank = _BankDistances(np.asarray(x, dtype=np.float32))
+    rng = np.random.default_rng(seed)
+    first = int(rng.integers(n))
+    chosen = [first]
+    bank.update(np.array([first]))
+    w = None if weights is None else np.asarray(weights, dtype=np.float32)
+    passes = 1
+    pool = min(pool, n - 1) if n > 1 else 1
+    while len(chosen) < k:
+        dist = bank.dist
+        score = dist if w is None else dist * w
+        if pool >= n - 1:
+            cand = np.arange(n)
+            tau = -np.inf
+        else:
+            part = np.argpartition(score, n - pool - 1)
+            cand = part[n - pool :]
+            tau = float(score[part[n - pool - 1]])
+        cx = bank.x[cand]
+        csq = np.einsum("ij,ij->i", cx, cx)
+        cdist = dist[cand].copy()
+        cw = None if w is None else w[cand]
+        new: list[int] = []
+        while len(chosen) + len(new) < k:
+            cscore = cdist if cw is None else cdist * cw
+            j = int(np.argmax(cscore))
+            if cscore[j] < tau or cscore[j] <= 0.0:
+                break
+            new.append(int(cand[j]))
+            d = csq + csq[j] - 2.0 * (cx @ cx[j])
+            np.minimum(cdist, np.maximum(d, 0.0), out=cdist)
+        if not new:  # every remaining point coincides with a chosen one
+            break
+        chosen.extend(new)
+        bank.update(np.array(new))
+        passes += 1
+        progress("coreset", len(chosen), k)
+    if len(chosen) < k:  # duplicates exhausted the distinct points: fill with unchosen rows
+        rest = np.setdiff1d(np.arange(n), np.array(chosen), assume_unique=False)
+        chosen.extend(rest[: k - len(chosen)].tolist())
+    progress("coreset", k, k)
+    return np.array(chosen[:k], dtype=np.int64), passes
+
+
+def greedy_reference(x: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """The plain one-pick-per-pass k-center greedy (as in the paper and anomalib), for tests/benchmarks."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    sq = np.einsum("ij,ij->i", x, x)
+    rng = np.random.default_rng(seed)
+    idx = int(rng.integers(n))
+    chosen = [idx]
+    dist = np.full(n, np.inf, dtype=np.float32)
+    for _ in range(k - 1):
+        d = np.maximum(sq + sq[idx] - 2.0 * (x @ x[idx]), 0.0)
+        np.minimum(dist, d, out=dist)
+        score = dist if weights is None else dist * weights
+        idx = int(np.argmax(score))
+        chosen.append(idx)
+    return np.array(chosen, dtype=np.int64)
+
+
+def select_coreset(
+    features: np.ndarray,
+    method: str = "greedy",
+    ratio: float | None = 0.01,
+    size: int | None = None,
+    projection_dim: int = 128,
+    variance: np.ndarray | None = None,
+    seed: int = 0,
+    progress: ProgressFn = no_progress,
+) -> CoresetResult:
+    """Choose memory-bank rows of ``features`` (N x C).
+
+    ``variance`` (N,) is each patch's local feature variance, required by ``method="variance"``: the greedy
+    objective becomes ``(1 + v / mean(v)) * d``, favouring irregular patches (the replaced system's idea).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown coreset method {method!r}; choose one of {', '.join(METHODS)}")
+    n = len(features)
+    k = coreset_size(n, ratio, size)
+    t0 = time.perf_counter()
+    passes = 0
+    if k >= n:
+        idx = np.arange(n)
+    elif method == "random":
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    else:
+        weights = None
+        if method == "variance":
+            if variance is None:
+                raise ValueError("the variance coreset needs each patch's local variance")
+            v = np.asarray(variance, dtype=np.float32)
+            weights = 1.0 + v / max(float(v.mean()), 1e-12)
+        proj = random_projection(features, projection_dim, seed)
+        idx, passes = greedy_kcenter(proj, k, weights=weights, seed=seed, progress=progress)
+    return CoresetResult(indices=idx, seconds=time.perf_counter() - t0, method=method, passes=passes)

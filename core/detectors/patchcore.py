@@ -1,0 +1,168 @@
+"""PatchCore (Roth et al., CVPR 2022): a coreset memory bank of locally aware patch features.
+
+Pure model here; features come through the cache (base class), the map is upsampled and blurred in
+``postprocess``. Image score: the largest nearest-neighbour distance of a patch, reweighted as in the paper
+by how isolated that patch's neighbour is within the bank (``num_neighbors`` support points).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.detectors.base import HeatmapDetector
+from core.detectors.coreset import select_coreset
+from core.detectors.embedding import local_variance, patch_embedding, to_patches
+from core.detectors.search import MemoryBankIndex, SearchConfig
+from core.progress import ProgressFn
+
+
+@dataclass
+class PatchCoreConfig:
+    """PatchCore settings (defaults: the paper's, on a light CPU-friendly backbone)."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    layers: tuple[str, ...] = ()  # empty: the backbone's default (strides 8 and 16)
+    image_size: int = 224
+    neighbourhood: int = 3
+    coreset: str = "greedy"
+    ratio: float = 0.01
+    coreset_size: int | None = None
+    projection_dim: int = 128
+    num_neighbors: int = 9
+    blur_sigma: float = 4.0
+    index: SearchConfig = SearchConfig()
+    seed: int = 0
+
+
+class PatchCore(HeatmapDetector):
+    """Fit on normal images; score = distance of the most anomalous patch to the memory bank."""
+
+    kind = "patchcore"
+
+    def __init__(self, config: PatchCoreConfig = PatchCoreConfig()) -> None:
+        super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed)
+        self.cfg = config
+        self.bank: np.ndarray | None = None
+        self.bank_source: np.ndarray | None = None  # (image index, row, col) of each bank row in train_paths
+        self.grid: tuple[int, int] = (0, 0)
+        self.index: MemoryBankIndex | None = None
+        self.coreset_seconds = 0.0
+
+    def _embed(self, features: dict[str, np.ndarray]) -> torch.Tensor:
+        return patch_embedding(features, self.layers, self.cfg.neighbourhood)
+
+    def estimate_fit_bytes(self, n_images: int) -> int:
+        """Patches x (features + projection + its two padded copies), float32, plus the cached features."""
+        ext = self.extractor()
+        x = ext.backbone.preprocess([np.zeros((32, 32, 3), np.uint8)], self.image_size)
+        maps = ext.backbone.feature_maps(x, self.layers)
+        per_image_feats = sum(int(np.prod(m.shape[1:])) for m in maps.values())
+        h, w = max(tuple(m.shape[-2:]) for m in maps.values())
+        channels = sum(int(m.shape[1]) for m in maps.values())
+        patches = n_images * h * w
+        proj = min(channels, self.cfg.projection_dim)
+        return 4 * (n_images * per_image_feats + patches * (2 * channels + 2 * (proj + 2) + 18))
+
+    def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
+        emb = self._embed(features)
+        n, _, h, w = emb.shape
+        self.grid = (h, w)
+        variance = local_variance(emb).reshape(-1).numpy() if self.cfg.coreset == "variance" else None
+        patches = to_patches(emb)
+        del emb
+        cs = select_coreset(
+            patches,
+            self.cfg.coreset,
+            ratio=None if self.cfg.coreset_size else self.cfg.ratio,
+            size=self.cfg.coreset_size,
+            projection_dim=self.cfg.projection_dim,
+            variance=variance,
+            seed=self.seed,
+            progress=progress,
+        )
+        self.coreset_seconds = cs.seconds
+        idx = np.sort(cs.indices)
+        self.bank = np.ascontiguousarray(patches[idx])
+        img, rem = np.divmod(idx, h * w)
+        self.bank_source = np.stack([img, rem // w, rem % w], axis=1).astype(np.int32)
+        t0 = time.perf_counter()
+        self.index = MemoryBankIndex(self.bank, self.cfg.index, seed=self.seed)
+        return {"coreset": cs.seconds, "index": time.perf_counter() - t0}
+
+    def _score_embeddings(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        assert self.index is not None and self.bank is not None, "fit or load the model first"
+        emb = self._embed(features)
+        n, _, h, w = emb.shape
+        patches = to_patches(emb)
+        t0 = time.perf_counter()
+        d2, nn = self.index.search(patches, 1)
+        dist = np.sqrt(d2[:, 0]).reshape(n, h * w)
+        nn = nn[:, 0].reshape(n, h * w)
+        scores = self._reweighted_scores(patches.reshape(n, h * w, -1), dist, nn)
+        return scores, dist.reshape(n, h, w), {"search": time.perf_counter() - t0}
+
+    def _reweighted_scores(self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray) -> np.ndarray:
+        """Paper eq. 7: s = (1 - softmax(||m_test - m_j||)_0) * s*, over m*'s neighbours m_j in the bank."""
+        rows = np.arange(len(dist))
+        worst = dist.argmax(axis=1)
+        s_star = dist[rows, worst]
+        k = min(self.cfg.num_neighbors, len(self.bank))
+        if k <= 1:
+            return s_star
+        m_star = self.bank[nn[rows, worst]]
+        _, support = self.index.search(m_star, k)  # includes m* itself first
+        support = np.where(support < 0, nn[rows, worst][:, None], support)
+        m_test = patches[rows, worst]
+        d = np.linalg.norm(self.bank[support] - m_test[:, None, :], axis=2)
+        d = d - d.max(axis=1, keepdims=True)  # stable softmax
+        soft = np.exp(d) / np.exp(d).sum(axis=1, keepdims=True)
+        return (1.0 - soft[:, 0]) * s_star
+
+    def nearest_patch(self, features_of_one: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Where the most anomalous patch of one image is, and the bank patch nearest to it (for the app)."""
+        emb = self._embed(features_of_one)
+        _, _, h, w = emb.shape
+        patches = to_patches(emb)
+        d2, nn = self.index.search(patches, 1)
+        j = int(d2[:, 0].argmax())
+        src = self.bank_source[int(nn[j, 0])]
+        return {
+            "query_cell": (j // w, j % w),
+            "grid": (h, w),
+            "distance": float(np.sqrt(d2[j, 0])),
+            "train_path": self.train_paths[int(src[0])] if self.train_paths else None,
+            "train_cell": (int(src[1]), int(src[2])),
+        }
+
+    def _params(self) -> dict[str, Any]:
+        d = asdict(self.cfg)
+        d["layers"] = list(self.layers)
+        d["grid"] = list(self.grid)
+        d["memory_bank_size"] = 0 if self.bank is None else int(len(self.bank))
+        d["coreset_seconds"] = self.coreset_seconds
+        return d
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"bank": self.bank, "bank_source": self.bank_source}
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.bank = np.ascontiguousarray(arrays["bank"], dtype=np.float32)
+        self.bank_source = arrays["bank_source"]
+        self.index = MemoryBankIndex(self.bank, self.cfg.index, seed=self.seed)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "PatchCore":
+        p = dict(cfg["params"])
+        p["index"] = SearchConfig(**p["index"])
+        p["layers"] = tuple(p["layers"])
+        grid = tuple(p.pop("grid", (0, 0)))
+        for extra in ("memory_bank_size", "coreset_seconds"):
+            p.pop(extra, None)
+        det = cls(PatchCoreConfig(**p))
+        det.grid = grid
+        return det

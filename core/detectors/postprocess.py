@@ -1,0 +1,77 @@
+"""Post-processing shared by heatmap detectors: anomaly maps at image size, and fixed normalisation.
+
+Normalisation is fixed at fit time from held-out normal images and stored in the model, never taken from
+the batch being scored: the replaced system divided by each batch's maximum, so an image's score depended
+on its neighbours in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def upsample_and_blur(patch_maps: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
+    """N x h x w patch scores -> N x size x size maps, bilinear then Gaussian blur (sigma in pixels)."""
+    t = torch.as_tensor(np.ascontiguousarray(patch_maps, dtype=np.float32))[:, None]
+    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    if sigma <= 0:
+        return up
+    ksize = 2 * int(4.0 * sigma + 0.5) + 1  # as scipy/anomalib: truncate at 4 sigma
+    return np.stack([cv2.GaussianBlur(m, (ksize, ksize), sigmaX=sigma, sigmaY=sigma) for m in up])
+
+
+@dataclass
+class Normalisation:
+    """Fixed statistics of held-out normal images, set when the model is fitted.
+
+    ``image_threshold`` is the default decision threshold on raw scores (the ``quantile`` of held-out
+    normal scores) until threshold tuning replaces it. ``normalise`` maps raw scores so that the median
+    held-out normal is 0 and the threshold is 1; ``pixel_scale`` scales maps for display the same way.
+    """
+
+    image_median: float
+    image_threshold: float
+    pixel_median: float
+    pixel_scale: float
+    quantile: float
+    n_images: int
+    threshold_source: str = "held-out normals"
+
+    @classmethod
+    def from_normals(cls, scores: np.ndarray, maps: np.ndarray, quantile: float = 0.99) -> "Normalisation":
+        scores = np.asarray(scores, dtype=np.float64)
+        pix = np.asarray(maps, dtype=np.float32).ravel()
+        if pix.size > 2_000_000:  # a strided sample is enough for a quantile
+            pix = pix[:: pix.size // 2_000_000]
+        med = float(np.median(scores))
+        thr = float(np.quantile(scores, quantile))
+        pmed = float(np.median(pix))
+        pq = float(np.quantile(pix, 0.999))
+        return cls(
+            image_median=med,
+            image_threshold=thr if thr > med else med + 1e-6,
+            pixel_median=pmed,
+            pixel_scale=pq if pq > pmed else pmed + 1e-6,
+            quantile=quantile,
+            n_images=int(len(scores)),
+        )
+
+    def normalise(self, scores: np.ndarray) -> np.ndarray:
+        """0 = a typical normal image, 1 = the decision threshold. Monotone, batch-independent."""
+        return (np.asarray(scores, dtype=np.float64) - self.image_median) / (self.image_threshold - self.image_median)
+
+    def normalise_map(self, maps: np.ndarray) -> np.ndarray:
+        """0 = a typical normal pixel, 1 = the 99.9th percentile of normal pixels."""
+        return (np.asarray(maps, dtype=np.float32) - self.pixel_median) / (self.pixel_scale - self.pixel_median)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalisation":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

@@ -1,0 +1,140 @@
+"""Patch-feature extraction from a frozen backbone, through the content-addressed disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from core.errors import WorkbenchError
+from core.features.cache import CacheStats, FeatureCache, feature_key
+from core.progress import ProgressFn, no_progress
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What defines a set of features: backbone, layers and the square input size."""
+
+    backbone: str
+    layers: tuple[str, ...]
+    image_size: int = 224
+
+
+@dataclass
+class ExtractionResult:
+    """Features of the images that could be read, and a message for each that could not."""
+
+    features: dict[str, np.ndarray]  # layer -> N_ok x C x h x w float32
+    ok: list[int]  # indices (into the input list) of the images in ``features``
+    errors: dict[int, str] = field(default_factory=dict)  # index -> message naming the file and problem
+    cache: CacheStats = field(default_factory=CacheStats)
+
+
+class FeatureExtractor:
+    """Runs a backbone on images and returns the feature maps of chosen layers.
+
+    ``extract_paths`` goes through the disk cache (keyed by image bytes); ``extract_images`` does not
+    (uploads and one-off scoring, where a cache write would cost more than it saves).
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        device: str | None = None,
+        cache: FeatureCache | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        from core.backbones import load_backbone
+
+        self.backbone = load_backbone(spec.backbone, device)
+        layers = spec.layers or self.backbone.info.default_layers
+        self.spec = FeatureSpec(spec.backbone, tuple(layers), int(spec.image_size))
+        self.cache = cache
+        self.batch_size = batch_size
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.backbone.weights_sha256
+
+    def extract_images(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Feature maps for decoded uint8 RGB images (no cache)."""
+        out: dict[str, list[np.ndarray]] = {name: [] for name in self.spec.layers}
+        for start in range(0, len(images), self.batch_size):
+            x = self.backbone.preprocess(list(images[start : start + self.batch_size]), self.spec.image_size)
+            maps = self.backbone.feature_maps(x, self.spec.layers)
+            for name in self.spec.layers:
+                out[name].append(maps[name].float().cpu().numpy())
+        return {name: np.concatenate(parts, 0) for name, parts in out.items()}
+
+    def extract_paths(self, paths: Sequence[str | Path], progress: ProgressFn = no_progress) -> ExtractionResult:
+        """Feature maps for image files, reading cached entries and writing new ones.
+
+        An unreadable file is reported in ``errors`` and skipped; the others are still extracted.
+        """
+        from core.data.images import read_image_bytes
+
+        cache = self.cache
+        stats_before = cache.stats.as_dict() if cache else {}
+        n = len(paths)
+        per_image: list[dict[str, np.ndarray] | None] = [None] * n
+        errors: dict[int, str] = {}
+        pending: list[tuple[int, str, np.ndarray]] = []  # (index, cache key, image)
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            if not pending:
+                return
+            feats = self.extract_images([img for _, _, img in pending])
+            for j, (i, key, _) in enumerate(pending):
+                entry = {name: feats[name][j] for name in self.spec.layers}
+                per_image[i] = entry
+                if cache is not None:
+                    cache.put(key, entry)
+            done += len(pending)
+            pending.clear()
+            progress("extract features", done, n)
+
+        for i, path in enumerate(paths):
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                errors[i] = f"{path}: cannot be read ({exc.strerror or exc})."
+                continue
+            key = feature_key(
+                hashlib.sha256(data).hexdigest(),
+                self.spec.backbone,
+                self.spec.layers,
+                self.spec.image_size,
+                self.weights_sha256,
+            )
+            hit = cache.get(key) if cache is not None else None
+            if hit is not None and all(name in hit for name in self.spec.layers):
+                per_image[i] = hit
+                done += 1
+                if done % 32 == 0:
+                    progress("extract features", done, n)
+                continue
+            try:
+                img = read_image_bytes(data, str(path))
+            except WorkbenchError as exc:
+                errors[i] = str(exc)
+                continue
+            pending.append((i, key, img))
+            if len(pending) >= self.batch_size:
+                flush()
+        flush()
+        progress("extract features", n, n)
+        ok = [i for i in range(n) if per_image[i] is not None]
+        feats = {
+            name: np.stack([per_image[i][name] for i in ok]).astype(np.float32, copy=False) if ok else np.zeros((0,))
+            for name in self.spec.layers
+        }
+        delta = CacheStats()
+        if cache is not None:
+            now = cache.stats.as_dict()
+            delta = CacheStats(**{k: now[k] - stats_before[k] for k in now})
+        return ExtractionResult(features=feats, ok=ok, errors=errors, cache=delta)

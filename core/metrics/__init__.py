@@ -1,0 +1,29 @@
+"""Metrics: plain arrays in (labels, raw scores, masks, maps), plain numbers out.
+
+No models, torch or streamlit are imported here, so any layer (CLI, app, tests) can use it cheaply.
+"""
+
+from core.metrics.image import (
+    ImageMetrics,
+    confusion_at,
+    f1_max,
+    flag_rate,
+    image_metrics,
+    latency_summary,
+    per_class_metrics,
+)
+from core.metrics.pixel import aupro, aupro_reference, pixel_auroc, pro_curve
+
+__all__ = [
+    "ImageMetrics",
+    "image_metrics",
+    "f1_max",
+    "per_class_metrics",
+    "confusion_at",
+    "flag_rate",
+    "latency_summary",
+    "pixel_auroc",
+    "aupro",
+    "pro_curve",
+    "aupro_reference",
+]

