@@ -52,11 +52,16 @@ class MemoryBankIndex:
             self.index = faiss.IndexFlatL2(dim)
             self.index.add(self.bank)
             self.kind = "flat"
+            self.effective = {}
             return
         nlist = config.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
         m = config.m or _default_m(dim)
+        # faiss wants >= 39 training points per PQ centroid: on a small bank, use fewer bits (>= 4) rather
+        # than train codes on too little data; the bits actually used are kept in ``effective``.
+        nbits = int(min(config.nbits, max(4, np.floor(np.log2(max(n, 1) / 39)))))
+        self.effective = {"nlist": nlist, "m": m, "nbits": nbits}
         quantizer = faiss.IndexFlatL2(dim)
-        ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, m, config.nbits)
+        ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits)
         ivf.cp.seed = seed
         ivf.pq.cp.seed = seed
         ivf.train(self.bank)

@@ -1,0 +1,167 @@
+"""PatchCore and PaDiM fitted for real on a small slice of magnetic_tile (real backbone, real images)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from core.cli import main as cli_main
+from core.data import index_dataset
+from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig, SearchConfig, load_detector
+from core.errors import ModelFormatError
+from core.metrics import image_metrics
+
+N_TRAIN = 40
+N_PER_CLASS = 6  # test images per defect class, and 5x that many normals
+
+
+def _slice(root):
+    index = index_dataset(root)
+    train = [str(index.abs_path(r)) for r in index.split("train_normal")[:N_TRAIN]]
+    test = index.split("test")
+    by_class: dict[str, list] = {}
+    for r in test:
+        by_class.setdefault(r.defect, []).append(r)
+    picked = by_class["good"][: 5 * N_PER_CLASS]
+    for name, recs in sorted(by_class.items()):
+        if name != "good":
+            picked += recs[:N_PER_CLASS]
+    return train, [str(index.abs_path(r)) for r in picked], np.array([r.label for r in picked])
+
+
+@pytest.fixture(scope="module")
+def data(magnetic_tile):
+    return _slice(magnetic_tile)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    from core.features import FeatureCache
+
+    return FeatureCache(root=tmp_path_factory.mktemp("features"))
+
+
+@pytest.fixture(scope="module")
+def patchcore(data, cache):
+    det = PatchCore(PatchCoreConfig(ratio=0.05))
+    report = det.fit(data[0], cache=cache)
+    assert report.n_fit_images + report.n_calibration_images == N_TRAIN
+    return det
+
+
+def test_patchcore_separates_real_defects(patchcore, data, cache):
+    _, test, labels = data
+    res = patchcore.score_paths(test, cache=cache)
+    m = image_metrics(labels, res.scores)
+    assert m.auroc is not None and m.auroc > 0.8, m
+    assert res.maps.shape == (len(test), 224, 224)
+    assert np.isfinite(res.maps).all()
+
+
+def test_scores_do_not_depend_on_the_batch(patchcore, data):
+    """The replaced system normalised by each batch's max; here an image scores the same in any company."""
+    from core.data import read_image
+
+    imgs = [read_image(p) for p in data[1][:10]]
+    alone = np.array([patchcore.score_images([im]).scores[0] for im in imgs[:3]])
+    together = patchcore.score_images(imgs).scores[:3]
+    reversed_batch = patchcore.score_images(imgs[::-1]).scores[::-1][:3]
+    np.testing.assert_allclose(alone, together, rtol=1e-4)
+    np.testing.assert_allclose(alone, reversed_batch, rtol=1e-4)
+    # the normalised score is a fixed monotone map: same image, same value, whatever the batch
+    n1 = patchcore.normalisation.normalise(alone)
+    n2 = patchcore.normalisation.normalise(together)
+    np.testing.assert_allclose(n1, n2, rtol=1e-4)
+
+
+def test_save_load_round_trip_gives_same_scores(patchcore, data, tmp_path):
+    from core.data import read_image
+
+    imgs = [read_image(p) for p in data[1][:4]]
+    before = patchcore.score_images(imgs)
+    patchcore.save(tmp_path / "model")
+    loaded = load_detector(tmp_path / "model")
+    after = loaded.score_images(imgs)
+    np.testing.assert_allclose(before.scores, after.scores, rtol=1e-5)
+    np.testing.assert_allclose(before.maps, after.maps, rtol=1e-4, atol=1e-4)
+    assert loaded.threshold == patchcore.threshold
+
+
+def test_model_made_with_other_weights_is_refused(patchcore, tmp_path):
+    patchcore.save(tmp_path / "model")
+    cfg_path = tmp_path / "model" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["weights_sha256"] = "0" * 64
+    cfg_path.write_text(json.dumps(cfg))
+    det = load_detector(tmp_path / "model")
+    with pytest.raises(ModelFormatError, match="other tf_efficientnet_lite0 weights"):
+        det.score_images([np.zeros((64, 64, 3), np.uint8)])
+
+
+def test_ivfpq_with_rerank_matches_flat_distances(patchcore, data):
+    from core.detectors.search import MemoryBankIndex
+
+    bank = patchcore.bank
+    rng = np.random.default_rng(0)
+    queries = bank[rng.choice(len(bank), 200, replace=False)] + rng.normal(0, 0.05, (200, bank.shape[1])).astype(
+        np.float32
+    )
+    flat_d, flat_i = MemoryBankIndex(bank, SearchConfig("flat")).search(queries, 1)
+    ivf = MemoryBankIndex(bank, SearchConfig("ivfpq", nprobe=16, rerank=True))
+    assert ivf.kind == "ivfpq"
+    d, i = ivf.search(queries, 1)
+    recall = float((i[:, 0] == flat_i[:, 0]).mean())
+    assert recall > 0.9
+    exact = ((queries - bank[i[:, 0]]) ** 2).sum(axis=1)
+    np.testing.assert_allclose(d[:, 0], exact, rtol=1e-4, atol=1e-5)  # re-ranked distances are exact ones
+
+
+def test_padim_separates_real_defects(data, cache, tmp_path):
+    det = Padim(PadimConfig(n_channels=60))
+    det.fit(data[0], cache=cache)
+    res = det.score_paths(data[1], cache=cache)
+    m = image_metrics(data[2], res.scores)
+    assert m.auroc is not None and m.auroc > 0.7, m
+    det.save(tmp_path / "padim")
+    again = load_detector(tmp_path / "padim").score_paths(data[1][:3], cache=cache)
+    np.testing.assert_allclose(again.scores, res.scores[:3], rtol=1e-4)
+
+
+def test_padim_batched_inverse_matches_scipy():
+    """numpy's batched inverse on PaDiM-sized SPD matrices agrees with scipy (the peer's torch one did not)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 200, 100))
+    cov = np.einsum("pni,pnj->pij", x - x.mean(1, keepdims=True), x - x.mean(1, keepdims=True)) / 199
+    cov += 0.01 * np.eye(100)
+    inv = np.linalg.inv(cov)
+    for p in range(len(cov)):
+        np.testing.assert_allclose(inv[p], scipy.linalg.inv(cov[p]), rtol=1e-6, atol=1e-8)
+
+
+def test_cli_score_reports_bad_file_and_scores_the_rest(patchcore, data, tmp_path, capsys):
+    patchcore.save(tmp_path / "model")
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    out_csv = tmp_path / "scores.csv"
+    rc = cli_main(["score", str(tmp_path / "model"), data[1][0], str(bad), data[1][-1], "--csv", str(out_csv)])
+    assert rc == 0
+    rows = out_csv.read_text().splitlines()
+    assert rows[0].startswith("path,score,decision")
+    assert len(rows) == 4
+    assert "broken.png" in rows[2] and ",error," in rows[2]
+    assert rows[1].split(",")[2] in {"normal", "anomalous"} and rows[3].split(",")[2] in {"normal", "anomalous"}
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_cli_refuses_foreign_model_folder(tmp_path, capsys):
+    import pickle
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.pkl").write_bytes(pickle.dumps([1, 2, 3]))
+    rc = cli_main(["score", str(tmp_path / "m"), str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "pickled files are never loaded" in err and "Traceback" not in err

@@ -1,0 +1,87 @@
+"""Feature cache: hits, misses, invalidation on changed bytes, corrupt entries, eviction, bad files."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from core.features import FeatureExtractor, FeatureSpec
+
+
+@pytest.fixture(scope="module")
+def images(magnetic_tile, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    src = sorted((magnetic_tile / "train" / "good").iterdir())[:4]
+    out = []
+    for p in src:
+        shutil.copy(p, folder / p.name)
+        out.append(folder / p.name)
+    return out
+
+
+def _extractor(cache):
+    return FeatureExtractor(FeatureSpec("tf_efficientnet_lite0", (), 224), cache=cache)
+
+
+def test_second_pass_hits_and_matches(images, tmp_cache):
+    ext = _extractor(tmp_cache)
+    first = ext.extract_paths(images)
+    assert first.cache.misses == 4 and first.cache.hits == 0
+    second = ext.extract_paths(images)
+    assert second.cache.hits == 4 and second.cache.misses == 0
+    for name in ext.spec.layers:
+        np.testing.assert_array_equal(first.features[name], second.features[name])
+    assert tmp_cache.info()["entries"] == 4
+
+
+def test_changed_image_bytes_invalidate(images, tmp_cache, tmp_path):
+    ext = _extractor(tmp_cache)
+    target = tmp_path / "img.png"
+    shutil.copy(images[0], target)
+    ext.extract_paths([target])
+    # same name, different content: must miss and give different features
+    shutil.copy(images[1], target)
+    res = ext.extract_paths([target])
+    assert res.cache.misses == 1 and res.cache.hits == 0
+
+
+def test_other_layers_or_size_are_other_entries(images, tmp_cache):
+    _extractor(tmp_cache).extract_paths(images[:1])
+    other = FeatureExtractor(FeatureSpec("tf_efficientnet_lite0", ("blocks.3",), 224), cache=tmp_cache)
+    assert other.extract_paths(images[:1]).cache.misses == 1
+    bigger = FeatureExtractor(FeatureSpec("tf_efficientnet_lite0", (), 256), cache=tmp_cache)
+    assert bigger.extract_paths(images[:1]).cache.misses == 1
+
+
+def test_corrupt_entry_is_dropped_and_recomputed(images, tmp_cache):
+    ext = _extractor(tmp_cache)
+    clean = ext.extract_paths(images[:1]).features
+    (path, _, _), = tmp_cache.entries()
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 0x55  # flip bits inside the tensor data
+    path.write_bytes(bytes(blob))
+    res = ext.extract_paths(images[:1])
+    assert tmp_cache.stats.corrupt == 1 and res.cache.misses == 1
+    for name in ext.spec.layers:
+        np.testing.assert_array_equal(res.features[name], clean[name])
+    assert ext.extract_paths(images[:1]).cache.hits == 1  # rewritten entry is good again
+
+
+def test_eviction_keeps_cache_under_limit(images, tmp_cache):
+    ext = _extractor(tmp_cache)
+    ext.extract_paths(images)
+    sizes = [e[1] for e in tmp_cache.entries()]
+    removed = tmp_cache.evict(limit_bytes=sum(sizes) - 1)
+    assert removed == 1 and tmp_cache.info()["entries"] == 3
+    assert tmp_cache.clear() == 3 and tmp_cache.info()["entries"] == 0
+
+
+def test_unreadable_file_is_reported_and_others_extracted(images, tmp_cache, tmp_path):
+    bad = tmp_path / "zero.png"
+    bad.write_bytes(b"")
+    res = _extractor(tmp_cache).extract_paths([images[0], bad, images[1]])
+    assert res.ok == [0, 2]
+    assert "zero.png" in res.errors[1]
+    assert res.features["blocks.2"].shape[0] == 2
