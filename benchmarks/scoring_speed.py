@@ -1,0 +1,74 @@
+"""End-to-end scoring time per image (decode, backbone, search, map) for PatchCore and PaDiM.
+
+    .venv/bin/python benchmarks/scoring_speed.py [--images 64] [--threads 2]
+
+Fits each detector on magnetic_tile's train/good (features from the disk cache when warm), then scores
+``--images`` test images from disk without the feature cache, in batches of 16 and one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from common import MAGNETIC_TILE, table, write_result
+
+
+def time_detector(det, paths: list[str]) -> dict[str, float]:
+    from core.data import read_image
+
+    det.score_images([read_image(paths[0])])  # warm-up (lazy init, allocator)
+    t0 = time.perf_counter()
+    imgs = [read_image(p) for p in paths]
+    decode = time.perf_counter() - t0
+    split: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for s in range(0, len(imgs), 16):
+        for k, v in det.score_images(imgs[s : s + 16]).seconds.items():
+            split[k] = split.get(k, 0.0) + v
+    batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for im in imgs[:16]:
+        det.score_images([im])
+    single = (time.perf_counter() - t0) / 16
+    n = len(imgs)
+    out = {"decode_ms": 1000 * decode / n, "batch16_ms": 1000 * batched / n, "batch1_ms": 1000 * single}
+    out.update({f"{k}_ms": 1000 * v / n for k, v in split.items()})
+    out["end_to_end_batch16_ms"] = out["decode_ms"] + out["batch16_ms"]
+    out["end_to_end_batch1_ms"] = out["decode_ms"] + out["batch1_ms"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    started = time.perf_counter()
+
+    from core.config import set_threads
+    from core.data import index_dataset
+    from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig
+    from core.features import FeatureCache
+
+    set_threads(args.threads)
+    index = index_dataset(MAGNETIC_TILE)
+    train = [str(index.abs_path(r)) for r in index.split("train_normal")]
+    test = [str(index.abs_path(r)) for r in index.split("test")]
+    rng = np.random.default_rng(0)
+    sample = [test[i] for i in sorted(rng.choice(len(test), args.images, replace=False))]
+    results = {}
+    for name, det in (("patchcore", PatchCore(PatchCoreConfig())), ("padim", Padim(PadimConfig()))):
+        det.fit(train, cache=FeatureCache())
+        results[name] = time_detector(det, sample)
+        if name == "patchcore":
+            results[name]["memory_bank_size"] = int(len(det.bank))
+    cols = ["decode_ms", "backbone_ms", "search_ms", "mahalanobis_ms", "map_ms", "end_to_end_batch16_ms", "end_to_end_batch1_ms"]
+    rows = [[name] + [round(r.get(c, 0.0), 1) for c in cols] for name, r in results.items()]
+    print(table(["detector"] + cols, rows))
+    write_result("scoring_speed", {"images": args.images, "threads": args.threads, "results": results}, started)
+
+
+if __name__ == "__main__":
+    main()
