@@ -496,7 +496,9 @@ class LoadedBackbone:
     def preprocess(self, images: list[np.ndarray] | np.ndarray, size: int) -> torch.Tensor:
         """uint8 H x W x 3 RGB images (any sizes) -> float B x 3 x size x size on the device.
 
-        Plain bilinear resize (no antialias, no crop), /255, (x - mean) / std. A single H x W x 3 array, a
+        Bilinear resize with antialiasing (no crop), /255, (x - mean) / std. Antialiasing matters: magnetic
+        tiles are up to ~400 px and shrink ~2x; without it PatchCore measured image/pixel AUROC 0.957/0.828,
+        with it 0.965/0.841 (1 % greedy, lite0, MVTec protocol). A single H x W x 3 array, a
         B x H x W x 3 array or a list of arrays are accepted; grey H x W images are repeated to 3 channels.
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -523,7 +525,7 @@ class LoadedBackbone:
             t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)[None].float()
             if t.shape[-2:] != (size, size):
                 t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
-                                                    antialias=False)
+                                                    antialias=True)
             out[i] = t[0]
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0

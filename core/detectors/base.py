@@ -64,6 +64,9 @@ class HeatmapDetector:
 
     kind: ClassVar[str] = ""
     calibration_fraction: float = 0.1
+    # True: fit on every image, calibrate on a slice scored with each image left out of the model
+    # (``_score_embeddings(..., leave_out=train indices)``); False: hold the slice out of fitting.
+    leave_out_calibration: ClassVar[bool] = False
 
     def __init__(self, backbone: str, layers: Sequence[str] | None, image_size: int, blur_sigma: float, seed: int):
         self.backbone = backbone
@@ -101,8 +104,14 @@ class HeatmapDetector:
         """Learn from normal features; return seconds per stage."""
         raise NotImplementedError
 
-    def _score_embeddings(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-        """Raw image scores (N,), patch maps (N x h x w) and seconds per stage."""
+    def _score_embeddings(
+        self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Raw image scores (N,), patch maps (N x h x w) and seconds per stage.
+
+        ``leave_out`` (only where ``leave_out_calibration``): for each image, the index of the training
+        image it is, whose contribution to the model must be ignored.
+        """
         raise NotImplementedError
 
     def _params(self) -> dict[str, Any]:
@@ -126,7 +135,12 @@ class HeatmapDetector:
         progress: ProgressFn = no_progress,
         fingerprint: str = "",
     ) -> FitReport:
-        """Fit on normal images: a held-out slice (``calibration_fraction``) fixes the normalisation."""
+        """Fit on normal images and fix the score normalisation on normal images the model has not seen.
+
+        Detectors that can leave an image out of their own model (PatchCore: ignore the bank rows that came
+        from it) fit on every image and calibrate on a ``calibration_fraction`` slice scored that way; the
+        others hold that slice out of fitting.
+        """
         from core.resources import check_memory
 
         paths = [str(p) for p in paths]
@@ -135,28 +149,38 @@ class HeatmapDetector:
                 f"Fitting needs at least 2 normal images; got {len(paths)}.",
                 "Point the detector at a dataset whose train/good (or normal) folder holds images.",
             )
-        fit_paths, calib_paths = holdout(paths, self.calibration_fraction, salt=f"calibration:{self.seed}")
+        salt = f"calibration:{self.seed}"
+        fit_paths, calib_paths = (paths, []) if self.leave_out_calibration else holdout(paths, self.calibration_fraction, salt)
         check_memory(self.estimate_fit_bytes(len(fit_paths)), f"fitting {self.kind} on {len(fit_paths)} images")
         ext = self.extractor(cache)
         t0 = time.perf_counter()
         res = ext.extract_paths(fit_paths, progress)
         seconds = {"extract": time.perf_counter() - t0}
         skipped = {fit_paths[i]: msg for i, msg in res.errors.items()}
-        if len(res.ok) < 1:
-            raise DatasetError("No training image could be read.", "See the messages above for each file.")
+        if len(res.ok) < 2:
+            raise DatasetError("Fewer than 2 training images could be read.", "See the messages for each file.")
         seconds.update(self._fit_embeddings(res.features, progress))
         self.train_paths = [fit_paths[i] for i in res.ok]
         self.train_fingerprint = fingerprint
         t0 = time.perf_counter()
-        calib = self.score_paths(calib_paths, cache=cache, progress=progress, normalise=False)
-        skipped.update({calib_paths[i]: msg for i, msg in calib.errors.items()})
-        if len(calib.ok) == 0:
-            raise DatasetError("No held-out normal image could be read.", "Add readable normal images.")
-        self.normalisation = Normalisation.from_normals(calib.scores, calib.maps)
+        if self.leave_out_calibration:
+            _, calib = holdout(list(range(len(self.train_paths))), self.calibration_fraction, salt)
+            calib_idx = np.array(calib, dtype=np.int64)
+            feats = {k: v[calib_idx] for k, v in res.features.items()}
+            scores, patch_maps, _ = self._score_embeddings(feats, leave_out=calib_idx)
+            maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
+            n_calib = len(calib_idx)
+        else:
+            cal = self.score_paths(calib_paths, cache=cache, progress=progress, normalise=False)
+            skipped.update({calib_paths[i]: msg for i, msg in cal.errors.items()})
+            if len(cal.ok) == 0:
+                raise DatasetError("No held-out normal image could be read.", "Add readable normal images.")
+            scores, maps, n_calib = cal.scores, cal.maps, len(cal.ok)
+        self.normalisation = Normalisation.from_normals(scores, maps)
         seconds["calibrate"] = time.perf_counter() - t0
         return FitReport(
             n_fit_images=len(res.ok),
-            n_calibration_images=len(calib.ok),
+            n_calibration_images=n_calib,
             seconds=seconds,
             cache=res.cache.as_dict(),
             skipped=skipped,

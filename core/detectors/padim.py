@@ -67,7 +67,9 @@ class Padim(HeatmapDetector):
         progress("padim statistics", 2, 2)
         return {"gaussian": time.perf_counter() - t0}
 
-    def _score_embeddings(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    def _score_embeddings(
+        self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         assert self.mean is not None and self.inv_cov is not None, "fit or load the model first"
         t0 = time.perf_counter()
         emb = self._embed(features)

@@ -43,6 +43,9 @@ class PatchCore(HeatmapDetector):
     """Fit on normal images; score = distance of the most anomalous patch to the memory bank."""
 
     kind = "patchcore"
+    # Bank rows remember their source image, so a training image can be scored as if unseen: the bank is
+    # built from every image (held-out calibration cost ~0.01 image AUROC on magnetic_tile: 0.950 vs 0.959).
+    leave_out_calibration = True
 
     def __init__(self, config: PatchCoreConfig = PatchCoreConfig()) -> None:
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed)
@@ -94,17 +97,33 @@ class PatchCore(HeatmapDetector):
         self.index = MemoryBankIndex(self.bank, self.cfg.index, seed=self.seed)
         return {"coreset": cs.seconds, "index": time.perf_counter() - t0}
 
-    def _score_embeddings(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    def _score_embeddings(
+        self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         assert self.index is not None and self.bank is not None, "fit or load the model first"
         emb = self._embed(features)
         n, _, h, w = emb.shape
         patches = to_patches(emb)
         t0 = time.perf_counter()
-        d2, nn = self.index.search(patches, 1)
-        dist = np.sqrt(d2[:, 0]).reshape(n, h * w)
-        nn = nn[:, 0].reshape(n, h * w)
+        if leave_out is None:
+            d2, nn = self.index.search(patches, 1)
+            d2, nn = d2[:, 0], nn[:, 0]
+        else:
+            d2, nn = self._search_leaving_out(patches, np.repeat(np.asarray(leave_out), h * w))
+        dist = np.sqrt(d2).reshape(n, h * w)
+        nn = nn.reshape(n, h * w)
         scores = self._reweighted_scores(patches.reshape(n, h * w, -1), dist, nn)
         return scores, dist.reshape(n, h, w), {"search": time.perf_counter() - t0}
+
+    def _search_leaving_out(self, patches: np.ndarray, image_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest bank row of each patch among rows that did not come from ``image_of_row``'s image."""
+        per_image = np.bincount(self.bank_source[:, 0])
+        k = int(min(len(self.bank), per_image.max() + 1))
+        d2, nn = self.index.search(patches, k)
+        valid = (nn >= 0) & (self.bank_source[np.maximum(nn, 0), 0] != image_of_row[:, None])
+        first = np.where(valid.any(axis=1), valid.argmax(axis=1), k - 1)
+        rows = np.arange(len(patches))
+        return d2[rows, first], nn[rows, first]
 
     def _reweighted_scores(self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray) -> np.ndarray:
         """Paper eq. 7: s = (1 - softmax(||m_test - m_j||)_0) * s*, over m*'s neighbours m_j in the bank."""

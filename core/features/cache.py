@@ -24,9 +24,13 @@ from core.storage import atomic_write_bytes
 DEFAULT_LIMIT_BYTES = int(float(os.environ.get("WORKBENCH_CACHE_LIMIT_GB", "8")) * 1e9)
 
 
+# Bump when LoadedBackbone.preprocess changes what a backbone sees (v2: antialiased resize).
+PREPROCESSING_VERSION = "resize-bilinear-antialias/2"
+
+
 def feature_key(image_sha256: str, backbone: str, layers: tuple[str, ...], size: int, weights_sha256: str) -> str:
-    """The cache key: every input that changes the features is in it."""
-    spec = json.dumps([image_sha256, backbone, list(layers), int(size), weights_sha256])
+    """The cache key: every input that changes the features is in it (preprocessing version included)."""
+    spec = json.dumps([image_sha256, backbone, list(layers), int(size), weights_sha256, PREPROCESSING_VERSION])
     return hashlib.sha256(spec.encode()).hexdigest()
 
 

@@ -1,0 +1,438 @@
+"""The product against anomalib 2.7.0 (the library users would otherwise pick), side by side in one run.
+
+    .venv/bin/python benchmarks/peer_anomalib.py --quick          # ~120 train / 120 test images, a few minutes
+    .venv/bin/python benchmarks/peer_anomalib.py                  # full MVTec protocol (676 / 668; ~35 min:
+                                                                  # the peer's PatchCore coreset alone ~23 min)
+    .venv/bin/python benchmarks/peer_anomalib.py --models padim   # one model
+
+For each model (PatchCore coreset 1 %, k = 9; PaDiM 100 random channels) on ``shared/datasets/magnetic_tile``
+with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4 at 224 x 224, mean = std = 0.5:
+
+* the product runs in this process: ``det.fit(train, cache=FeatureCache(<fresh temp dir>))`` (so its fit time
+  includes feature extraction; it holds out ~10 % of the same training list to fix its score normalisation),
+  then ``det.score_paths(test, cache=None)``;
+* the peer runs in its own venv ``.venv-peer`` (created here from benchmarks/peer/requirements.txt when missing)
+  as ``.venv-peer/bin/python benchmarks/peer/run_peer.py``, on the same image lists, with the product's converted
+  ImageNet weights loaded into anomalib's feature extractor; its feature maps are checked against the product's
+  on the same input tensor before anything is timed.
+
+Both sides: 2 torch threads, ``OMP_WAIT_POLICY=PASSIVE``. Image AUROC (raw scores) and pixel AUROC (masks at
+224 x 224 nearest, normal images all-zero) are computed here for both systems with the same code
+(``core.metrics``; pixel AUROC exact over all pixels). Times: fit (features + coreset / Gaussian), a full pass over
+the test files, and ms per image from decoded images at batch 32 and batch 1 (median of 3 rounds). Peak RSS:
+VmHWM, reset before each product model (``/proc/self/clear_refs``), the peer's own process for the peer.
+
+Writes ``benchmarks/results/peer_anomalib[_quick].json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+PEER_DIR = ROOT / "benchmarks" / "peer"
+PEER_VENV = ROOT / ".venv-peer"
+PEER_PY = PEER_VENV / "bin" / "python"
+PEER_REQS = PEER_DIR / "requirements.txt"
+RESULTS = ROOT / "benchmarks" / "results"
+DATASET = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
+BACKBONE = "tf_efficientnet_lite0"
+LAYERS = ("blocks.2", "blocks.4")
+SIZE = 224
+THREADS = 2
+PROBE_IMAGES, PROBE_BATCH, PROBE_SINGLE, PROBE_ROUNDS = 64, 32, 16, 3
+SUBSET_SEED = "peer-anomalib"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# peer venv
+
+
+def ensure_peer_venv() -> None:
+    """Create .venv-peer from benchmarks/peer/requirements.txt when missing or when the requirements changed."""
+    stamp = PEER_VENV / ".installed"
+    want = hashlib.sha256(PEER_REQS.read_bytes()).hexdigest()
+    if PEER_PY.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return
+    if not PEER_PY.exists():
+        base = shutil.which("python3") or sys.executable
+        log(f"creating {PEER_VENV} with {base}")
+        subprocess.run([base, "-m", "venv", str(PEER_VENV)], check=True)
+    log(f"installing {PEER_REQS.relative_to(ROOT)} into {PEER_VENV.name} (several minutes the first time)")
+    subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", "-r", str(PEER_REQS)], check=True)
+    stamp.write_text(want + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+
+def _u(path: str) -> float:
+    from core.data.splits import hash_unit
+
+    return hash_unit(path, SUBSET_SEED)
+
+
+def choose_subset(index, n_train: int | None, n_test: int | None):
+    """Train records and test records; a subset is the lowest-hash images (test: stratified per class)."""
+    train = list(index.split("train_normal"))
+    test = list(index.split("test"))
+    if n_train is not None and n_train < len(train):
+        train = sorted(train, key=lambda r: (_u(r.path), r.path))[:n_train]
+    if n_test is not None and n_test < len(test):
+        from core.data.splits import allocate
+
+        groups: dict[str, list] = defaultdict(list)
+        for r in test:
+            groups[r.defect].append(r)
+        names = sorted(groups)
+        counts = allocate(n_test, [len(groups[c]) / len(test) for c in names])
+        picked = []
+        for c, k in zip(names, counts):
+            picked += sorted(groups[c], key=lambda r: (_u(r.path), r.path))[: max(1, k)]
+        test = picked
+    train = sorted(train, key=lambda r: r.path)
+    test = sorted(test, key=lambda r: r.path)
+    return train, test
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measurements
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict:
+    """Image and exact pixel AUROC with the product's metric code, for either system."""
+    from core.metrics import image_metrics, pixel_auroc
+
+    im = image_metrics(labels, scores)
+    return {
+        "image_auroc": im.auroc,
+        "image_ap": im.ap,
+        "f1_max": im.f1_max,
+        "pixel_auroc": pixel_auroc(masks, maps, max_pixels=masks.size + 1),  # exact: every pixel
+    }
+
+
+def make_detector(model: str):
+    from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig
+
+    if model == "patchcore":
+        return PatchCore(PatchCoreConfig(backbone=BACKBONE, layers=LAYERS, image_size=SIZE, ratio=0.01,
+                                         num_neighbors=9))
+    return Padim(PadimConfig(backbone=BACKBONE, layers=LAYERS, image_size=SIZE, n_channels=100))
+
+
+def run_product(model: str, train_paths: list[str], test_paths: list[str], labels, masks) -> dict:
+    from core.data import read_image
+    from core.features import FeatureCache
+
+    gc.collect()
+    reset_peak_rss()
+    det = make_detector(model)
+    with tempfile.TemporaryDirectory(prefix="peer-bench-cache-") as tmp:
+        cache = FeatureCache(root=Path(tmp))
+        t0 = time.perf_counter()
+        rep = det.fit(train_paths, cache=cache)
+        fit_s = time.perf_counter() - t0
+    log(f"product {model}: fit {fit_s:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in rep.seconds.items())})")
+    t0 = time.perf_counter()
+    res = det.score_paths(test_paths, cache=None)
+    score_s = time.perf_counter() - t0
+    if res.errors or len(res.ok) != len(test_paths):
+        raise SystemExit(f"product could not score {len(res.errors)} test images: {list(res.errors.values())[:3]}")
+    # Timing probe: decoded images in memory, batch 32 then batch 1 (same images and rounds as the peer's probe);
+    # the median of PROBE_ROUNDS passes is reported (the machine is shared: single passes move a lot).
+    imgs = [read_image(p) for p in test_paths[:PROBE_IMAGES]]
+    singles = imgs[:PROBE_SINGLE]
+    det.score_images(imgs[:2])  # warm-up
+    batched, single = [], []
+    for _ in range(PROBE_ROUNDS):
+        t0 = time.perf_counter()
+        for s in range(0, len(imgs), PROBE_BATCH):
+            det.score_images(imgs[s : s + PROBE_BATCH])
+        batched.append(1000 * (time.perf_counter() - t0) / len(imgs))
+        t0 = time.perf_counter()
+        for im in singles:
+            det.score_images([im])
+        single.append(1000 * (time.perf_counter() - t0) / len(singles))
+    peak = peak_rss_bytes()
+    params = det._params()
+    out = {
+        "system": "product",
+        "model": model,
+        "fit": {"total_s": fit_s, "breakdown_s": rep.seconds, "n_fit_images": rep.n_fit_images,
+                "n_calibration_images": rep.n_calibration_images,
+                "note": "extract (90 % of the list, written to a fresh feature cache) + model + calibrate "
+                        "(scores the held-out 10 %)"},
+        "score_all": {"seconds": score_s, "ms_per_image": 1000 * score_s / len(test_paths),
+                      "breakdown_s": res.seconds, "note": "from files, cache=None, score_paths batch 64"},
+        "timing": {"ms_per_image": float(np.median(batched)), "batch": PROBE_BATCH, "n_images": len(imgs),
+                   "ms_per_image_batch1": float(np.median(single)), "n_images_batch1": len(singles),
+                   "rounds": PROBE_ROUNDS, "ms_per_image_rounds": batched, "ms_per_image_batch1_rounds": single},
+        "peak_rss_bytes": peak,
+        "params": {k: v for k, v in params.items() if k not in ("index",)},
+        **metrics(labels, res.scores, masks, res.maps),
+    }
+    own = det.__class__.__name__
+    del det, res
+    gc.collect()
+    log(f"product {own}: image AUROC {out['image_auroc']:.4f}, pixel AUROC {out['pixel_auroc']:.4f}")
+    return out
+
+
+def feature_reference(path: Path, image_paths: list[str]) -> None:
+    """The product's input tensor and feature maps for two images, for the peer's feature check."""
+    from core.backbones import load_backbone
+    from core.data import read_image
+
+    lb = load_backbone(BACKBONE)
+    x = lb.preprocess([read_image(p) for p in image_paths], SIZE)
+    maps = lb.feature_maps(x, LAYERS)
+    np.savez(path, x=x.cpu().numpy(), **{k: v.cpu().numpy() for k, v in maps.items()})
+
+
+def run_peer(model: str, weights: Path, manifest: Path, masks_file: Path, ref: Path, dump: Path,
+             labels, masks) -> dict:
+    cmd = [str(PEER_PY), str(PEER_DIR / "run_peer.py"), "--model", model, "--weights", str(weights),
+           "--manifest", str(manifest), "--masks", str(masks_file), "--check-features", str(ref),
+           "--dump", str(dump), "--batch", str(PROBE_BATCH), "--probe-images", str(PROBE_IMAGES),
+           "--probe-single", str(PROBE_SINGLE), "--probe-rounds", str(PROBE_ROUNDS), "--threads", str(THREADS)]
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TQDM_DISABLE="1")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"peer {model} failed (exit {proc.returncode}); see its messages above")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_wall_s"] = time.perf_counter() - t0
+    fc = out.get("feature_check", {})
+    if not fc.get("all_match"):
+        raise SystemExit(f"peer {model}: anomalib's features differ from the product's: {fc}")
+    d = np.load(dump)
+    out["self_reported"] = {"image_auroc": out.pop("image_auroc"), "pixel_auroc": out.pop("pixel_auroc")}
+    out.update(metrics(labels, d["scores"], masks, d["maps"]))
+    log(f"peer {model}: fit {out['fit']['total_s']:.1f} s, image AUROC {out['image_auroc']:.4f}, "
+        f"pixel AUROC {out['pixel_auroc']:.4f}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+
+
+def versions_product() -> dict:
+    import sklearn
+    import timm
+    import torch
+
+    v = {"torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
+         "sklearn": sklearn.__version__, "python": platform.python_version()}
+    try:
+        import faiss
+
+        v["faiss"] = faiss.__version__
+    except ImportError:
+        pass
+    try:
+        v["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                     text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        v["worktree_modified"] = bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return v
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem}
+
+
+def _gb(b: int) -> str:
+    return f"{b / 1e9:.2f} GB"
+
+
+def table(results: dict) -> str:
+    head = ("model", "system", "image AUROC", "pixel AUROC", "fit s", f"ms/image (batch {PROBE_BATCH})",
+            "ms/image (batch 1)", "test pass ms/image", "peak RSS")
+    rows = [head, tuple("---" for _ in head)]
+    for model, r in results.items():
+        for key in ("product", "peer"):
+            x = r[key]
+            name = "product" if key == "product" else x["system"]
+            rows.append((model, name, f"{x['image_auroc']:.4f}", f"{x['pixel_auroc']:.4f}",
+                         f"{x['fit']['total_s']:.1f}", f"{x['timing']['ms_per_image']:.1f}",
+                         f"{x['timing']['ms_per_image_batch1']:.1f}", f"{x['score_all']['ms_per_image']:.1f}",
+                         _gb(x["peak_rss_bytes"])))
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    lines.append("")
+    lines.append("Ratios (peer / product; > 1 means the product is faster or leaner):")
+    for model, r in results.items():
+        q = r["ratios"]
+        lines.append(f"  {model}: fit {q['fit']:.2f}x, ms/image batch {PROBE_BATCH} {q['ms_per_image']:.2f}x, "
+                     f"batch 1 {q['ms_per_image_batch1']:.2f}x, test pass {q['score_all']:.2f}x, "
+                     f"peak RSS {q['peak_rss']:.2f}x; AUROC delta (product - peer): image "
+                     f"{q['image_auroc_delta']:+.4f}, pixel {q['pixel_auroc_delta']:+.4f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="The product against anomalib 2.7.0 on magnetic_tile, in one run.")
+    ap.add_argument("--quick", action="store_true", help="120 train / 120 test images (stratified): minutes")
+    ap.add_argument("--models", default="patchcore,padim", help="comma-separated: patchcore,padim")
+    ap.add_argument("--n-train", type=int, help="override the number of training images")
+    ap.add_argument("--n-test", type=int, help="override the number of test images")
+    ap.add_argument("--dataset", default=str(DATASET))
+    ap.add_argument("--out", help="result JSON (default benchmarks/results/peer_anomalib[_quick].json)")
+    args = ap.parse_args()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in ("patchcore", "padim")]
+    if bad or not models:
+        ap.error(f"--models takes patchcore and/or padim, got {args.models!r}")
+    n_train = args.n_train if args.n_train is not None else (120 if args.quick else None)
+    n_test = args.n_test if args.n_test is not None else (120 if args.quick else None)
+
+    wall0 = time.perf_counter()
+    ensure_peer_venv()
+
+    from core import config
+    from core.backbones import weights_file
+    from core.data import index_dataset
+    from core.evaluation import ground_truth_masks
+
+    config.set_threads(THREADS)
+    weights = weights_file(BACKBONE)
+    index = index_dataset(args.dataset)
+    train, test = choose_subset(index, n_train, n_test)
+    train_paths = [str(index.abs_path(r)) for r in train]
+    test_paths = [str(index.abs_path(r)) for r in test]
+    labels = np.array([r.label for r in test])
+    masks, usable = ground_truth_masks(index, test, SIZE)
+    if not usable.all():
+        raise SystemExit(f"{int((~usable).sum())} defect test images have no mask")
+    log(f"{index.root}: {len(train_paths)} train, {len(test_paths)} test ({int(labels.sum())} defective); "
+        f"weights {weights}")
+
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
+        tmp = Path(tmp)
+        manifest = tmp / "manifest.json"
+        manifest.write_text(json.dumps({
+            "train": train_paths,
+            "test": [{"path": p, "label": int(r.label), "defect": r.defect,
+                      "mask": str(index.mask_path(r)) if index.mask_path(r) else None}
+                     for p, r in zip(test_paths, test)],
+        }))
+        masks_file = tmp / "masks.npy"
+        np.save(masks_file, masks)
+        ref = tmp / "features.npz"
+        feature_reference(ref, test_paths[:2])
+        for model in models:
+            log(f"=== {model}: product")
+            prod = run_product(model, train_paths, test_paths, labels, masks)
+            log(f"=== {model}: peer (anomalib)")
+            peer = run_peer(model, weights, manifest, masks_file, ref, tmp / f"{model}.npz", labels, masks)
+            ratios = {
+                "fit": peer["fit"]["total_s"] / prod["fit"]["total_s"],
+                "ms_per_image": peer["timing"]["ms_per_image"] / prod["timing"]["ms_per_image"],
+                "ms_per_image_batch1": peer["timing"]["ms_per_image_batch1"] / prod["timing"]["ms_per_image_batch1"],
+                "score_all": peer["score_all"]["ms_per_image"] / prod["score_all"]["ms_per_image"],
+                "peak_rss": peer["peak_rss_bytes"] / prod["peak_rss_bytes"],
+                "image_auroc_delta": prod["image_auroc"] - peer["image_auroc"],
+                "pixel_auroc_delta": prod["pixel_auroc"] - peer["pixel_auroc"],
+            }
+            results[model] = {"product": prod, "peer": peer, "ratios": ratios}
+
+    out = {
+        "benchmark": "peer_anomalib",
+        "quick": bool(args.quick),
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": time.perf_counter() - wall0,
+        "dataset": str(index.root),
+        "settings": {
+            "backbone": BACKBONE, "layers": list(LAYERS), "image_size": SIZE, "mean_std": [0.5, 0.5],
+            "weights_file": str(weights), "n_train": len(train_paths), "n_test": len(test_paths),
+            "n_test_defective": int(labels.sum()),
+            "subset": None if n_train is None and n_test is None else
+            f"lowest sha1('{SUBSET_SEED}:path') per split; test stratified per class",
+            "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "patchcore": {"coreset_ratio": 0.01, "num_neighbors": 9},
+            "padim": {"n_channels": 100},
+            "timing": f"ms/image from decoded images: {PROBE_IMAGES} test images in batches of {PROBE_BATCH}, "
+                      f"then {PROBE_SINGLE} one at a time, median of {PROBE_ROUNDS} rounds; "
+                      "test pass = all test files incl. decoding",
+            "metrics": "both systems: core.metrics.image_metrics on raw scores, exact pixel AUROC over all pixels "
+                       "(masks 224 nearest, normal images all-zero)",
+            "product_preprocess": "decode, torch bilinear resize (no antialias) to 224",
+            "peer_preprocess": "PIL decode, RGB, PIL bilinear resize to 224",
+        },
+        "versions": {"product": versions_product(),
+                     "peer": next(iter(results.values()))["peer"]["versions"] if results else {}},
+        "machine": machine(),
+        "results": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    default = "peer_anomalib_quick.json" if args.quick else "peer_anomalib.json"
+    path = Path(args.out) if args.out else RESULTS / default
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwall {out['wall_s']:.0f} s; written {path}")
+
+
+if __name__ == "__main__":
+    main()
