@@ -227,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None)
     p.add_argument("--heatmaps", default=None, help="folder for heatmap overlays")
     p.set_defaults(func=cmd_score)
+
+    from core.cascade.cli import add_cascade_parser
+
+    add_cascade_parser(sub)
     return ap
 
 

@@ -258,6 +258,10 @@ def main() -> None:
         result["feature_check"] = check_features(model, args.check_features)
         log(f"feature check: all_match={result['feature_check']['all_match']}")
 
+    # anomalib leaves its coreset unseeded (torch.randint start point; sklearn sample_without_replacement with
+    # random_state=None, i.e. numpy's global RNG, for the projection): seed both so reruns agree.
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
     log(f"{args.model}: fitting on {len(train)} images")
     result["fit"] = fit(model, args.model, train, args.batch, args.ratio)
     log(f"{args.model}: fit {result['fit']['total_s']:.1f} s; scoring {len(test)} images")
