@@ -7,9 +7,9 @@ import numpy as np
 
 
 def heat_colours(map01: np.ndarray) -> np.ndarray:
-    """A [0, 1] map as a JET-coloured uint8 RGB image."""
+    """A [0, 1] map as a viridis-coloured uint8 RGB image (perceptually uniform, colour-blind safe)."""
     m = np.clip(np.nan_to_num(map01), 0.0, 1.0)
-    bgr = cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    bgr = cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -21,7 +21,7 @@ def overlay(
     alpha: float = 0.45,
     vmax: float = 2.0,
 ) -> np.ndarray:
-    """The image with its anomaly map blended in, ground truth in green and the predicted region in white.
+    """The image with its anomaly map blended in, ground truth in magenta and the predicted region in white.
 
     ``amap`` is a *normalised* map (1 = the 99.9th percentile of normal pixels, fixed at fit time), drawn on a
     fixed scale [0, vmax] so that two overlays are comparable; it is never rescaled by its own maximum.
@@ -30,7 +30,7 @@ def overlay(
     m = cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     out = cv2.addWeighted(image, 1.0 - alpha, heat_colours(m / vmax), alpha, 0.0)
     thickness = max(1, round(min(h, w) / 150))
-    for region, colour in ((mask, (0, 255, 0)), (predicted, (255, 255, 255))):
+    for region, colour in ((mask, (255, 0, 255)), (predicted, (255, 255, 255))):
         if region is None:
             continue
         r = cv2.resize(region.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)

@@ -123,7 +123,7 @@ def dataset_overview(root: str | Path) -> DatasetOverview:
 def thumbnails(root: str | Path, per_class: int = 2, size: int = 128) -> list[tuple[str, str, np.ndarray]]:
     """``(class, relative path, RGB thumbnail)`` for the first ``per_class`` images of each class.
 
-    Ground-truth masks, when present, are drawn as a green contour. Unreadable images are skipped.
+    Ground-truth masks, when present, are drawn as a magenta contour. Unreadable images are skipped.
     """
     from core.data import index_dataset, read_image, read_mask
     from core.visualize import overlay

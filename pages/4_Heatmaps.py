@@ -23,8 +23,8 @@ from pages import (
 
 setup("Heatmaps", "🔥")
 
-LEGEND = ("Heatmap on a fixed scale (blue = typical normal, red = twice the 99.9th percentile of normal pixels); "
-          "ground truth in green, predicted region (normalised map ≥ pixel threshold) in white.")
+LEGEND = ("Heatmap on a fixed scale (viridis, colour-blind safe: dark purple = typical normal, yellow = twice the 99.9th percentile of normal pixels); "
+          "ground truth in magenta, predicted region (normalised map ≥ pixel threshold) in white.")
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
