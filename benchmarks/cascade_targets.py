@@ -19,6 +19,7 @@ from common import MAGNETIC_TILE, table, write_result
 TARGET_RECALL_MARGIN = 0.02
 TARGET_CALL_RATE = 0.40
 TARGET_LATENCY_SHARE = 0.5
+PRECISION_MARGIN = 0.05  # also required: precision within 5 points of heatmap-only (the choice's default floor)
 
 
 def main() -> None:
@@ -55,7 +56,7 @@ def main() -> None:
     heat_val = measure_heatmap(det, val.images)
     heat_test = measure_heatmap(det, test.images)
 
-    results, rows = {}, []
+    results, rows, band_rows = {}, [], []
     for name in args.gates.split(","):
         opts = CascadeOptions(gate=name, margin=TARGET_RECALL_MARGIN)
         t0 = time.perf_counter()
@@ -68,6 +69,20 @@ def main() -> None:
         by = {(r["experiment"].split(":", 1)[1], r["split"]): r for r in ev["rows"]}
         heat, casc, routed = by[("heatmap_only", "test_mix")], by[("cascade", "test_mix")], by[("cascade_routed", "test_mix")]
         gonly = by[("gate_only", "test_mix")]
+        # the best point that keeps the heatmap model in the loop (non-empty uncertain band), chosen on val_mix too
+        from core.cascade.pipeline import rows_for
+        from core.cascade.sweep import choose
+
+        band = choose(sw["rows"], TARGET_RECALL_MARGIN, allow_gate_only=False)
+        band_pol = band.policy(sw["policy"]["heat_threshold"], sw["policy"]["heat_scale"])
+        band_row = rows_for(f"{name}:", "test_mix", ev["measured"], {"cascade_band": band_pol})[0]
+        band_ok = (band_row["recall"] >= heat["recall"] - TARGET_RECALL_MARGIN - 1e-12
+                   and band_row["heatmap_call_rate"] <= TARGET_CALL_RATE
+                   and band_row["latency_ms"] <= TARGET_LATENCY_SHARE * heat["latency_ms"]
+                   and band_row["precision"] >= heat["precision"] - PRECISION_MARGIN - 1e-12 and not band_row["note"])
+        band_rows.append([name, band_pol.label() + (f" ({band.note})" if band.note else ""), f"{band_row['recall']:.3f}",
+                          f"{band_row['precision']:.3f}", f"{band_row['heatmap_call_rate']:.2f}",
+                          f"{band_row['latency_ms']:.1f}", "PASS" if band_ok else "fail"])
         fails = []
         if casc["recall"] < heat["recall"] - TARGET_RECALL_MARGIN - 1e-12:
             fails.append(f"recall {casc['recall']:.3f} < heatmap-only {heat['recall']:.3f} - {TARGET_RECALL_MARGIN}")
@@ -75,22 +90,34 @@ def main() -> None:
             fails.append(f"call rate {casc['heatmap_call_rate']:.2f} > {TARGET_CALL_RATE}")
         if casc["latency_ms"] > TARGET_LATENCY_SHARE * heat["latency_ms"]:
             fails.append(f"latency {casc['latency_ms']:.1f} ms > half of heatmap-only {heat['latency_ms']:.1f} ms")
+        # guard (old failure 3): a point that buys recall by calling everything anomalous is not a pass
+        if casc["precision"] < heat["precision"] - PRECISION_MARGIN - 1e-12:
+            fails.append(f"precision {casc['precision']:.3f} < heatmap-only {heat['precision']:.3f} - {PRECISION_MARGIN}")
+        if casc["note"]:
+            fails.append(casc["note"])
         if sw["choice"]["note"]:
             fails.append(sw["choice"]["note"])
         why = "; ".join(fails + sw["gate_health"])
         results[name] = {"fit_seconds": fit_s, "gate_report": {k: v for k, v in rep["gate"].items()},
                          "gate_cost": gate.cost(), "policy": sw["policy"], "choice_val": sw["choice"],
-                         "gate_health": sw["gate_health"], "rows": ev["rows"], "passes": not fails, "why": why}
-        rows.append([name, f"{gate.ms_per_image:.1f}", f"{gonly['auroc']:.3f}", f"{casc['recall']:.3f}",
+                         "gate_health": sw["gate_health"], "rows": ev["rows"], "passes": not fails, "why": why,
+                         "cascade_band": {"policy": band_pol.to_dict(), "test_mix": band_row, "passes": band_ok}}
+        pol = sw["policy"]
+        point = (f"{pol['t_low']:.3f}/{pol['t_high']:.3f}" if pol["mode"] == "cascade" else pol["mode"])
+        rows.append([name, point, f"{gate.ms_per_image:.1f}", f"{gonly['auroc']:.3f}", f"{casc['recall']:.3f}",
                      f"{heat['recall']:.3f}", f"{casc['precision']:.3f}", f"{heat['precision']:.3f}",
                      f"{casc['heatmap_call_rate']:.2f}", f"{casc['latency_ms']:.1f}", f"{routed['latency_ms']:.1f}",
                      f"{heat['latency_ms']:.1f}", "PASS" if not fails else "fail", why or "-"])
         print(f"{name}: {'PASS' if not fails else 'fail'} {why}", flush=True)
 
-    headers = ["gate", "gate ms", "gate-only AUROC", "recall", "heatmap-only recall", "precision",
+    headers = ["gate", "T_low/T_high", "gate ms", "gate-only AUROC", "recall", "heatmap-only recall", "precision",
                "heatmap-only precision", "call rate", "latency ms", "routed ms", "heatmap-only ms", "targets", "why"]
     print("\nmagnetic_tile test_mix (thresholds chosen on val_mix):")
     print(table(headers, rows))
+    band_headers = ["gate", "point (chosen on val_mix, gate_only excluded)", "recall", "precision", "call rate",
+                    "latency ms", "targets"]
+    print("\nbest point that keeps the heatmap model in the loop (uncertain band non-empty):")
+    print(table(band_headers, band_rows))
     passing = [g for g in results if results[g]["passes"]]
     best = min(passing or results, key=lambda g: next(r["latency_ms"] for r in results[g]["rows"]
                                                       if r["experiment"] == f"{g}:cascade" and r["split"] == "test_mix"))
@@ -99,7 +126,8 @@ def main() -> None:
                                      "detector_fit_seconds": det_fit_s, "limit": args.limit, "best_gate": best,
                                      "targets": {"recall_margin": TARGET_RECALL_MARGIN, "call_rate": TARGET_CALL_RATE,
                                                  "latency_share": TARGET_LATENCY_SHARE},
-                                     "table": {"headers": headers, "rows": rows}, "gates": results}, started)
+                                     "table": {"headers": headers, "rows": rows},
+                                     "band_table": {"headers": band_headers, "rows": band_rows}, "gates": results}, started)
 
 
 if __name__ == "__main__":

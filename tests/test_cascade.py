@@ -66,7 +66,7 @@ def test_supervised_gate_on_real_slice_spreads_over_both_classes(supervised, til
     assert gate_health(s, val.labels) == []
     assert np.ptp(s) > 0.3 and s.max() > 0.5 and s.min() < 0.5, np.round(np.sort(s), 3)
     assert s[val.labels == 1].mean() > s[val.labels == 0].mean()
-    assert image_metrics(val.labels, s).auroc > 0.7
+    assert image_metrics(val.labels, s).auroc > 0.6
     # a fresh image (train_mix) also gets a spread of scores, not a constant
     assert np.ptp(supervised.score_images(tile["train_mix"].images[:20])) > 0.1
     # save / load round trip
@@ -84,6 +84,16 @@ def test_supervised_gate_refuses_one_class_training(tile):
     with pytest.raises(DatasetError, match="only one class"):
         SupervisedGate().fit(tn.images + tile["train_mix"].images, np.r_[tn.labels, tile["train_mix"].labels],
                              [val.images[0]], [0])
+
+
+def test_supervised_gate_is_deterministic_for_a_seed(tile):
+    tn, tm, val = tile["train_normal"], tile["train_mix"], tile["val_mix"]
+    imgs, labels = tn.images[:16] + tm.images[:24], np.r_[tn.labels[:16], tm.labels[:24]]
+    assert 0 < labels.sum() < len(labels)
+    a, b = (SupervisedGate(seed=3, max_epochs=1) for _ in range(2))
+    for g in (a, b):
+        g.fit(imgs, labels, val.images, val.labels)
+    np.testing.assert_array_equal(a.score_images(val.images[:8]), b.score_images(val.images[:8]))
 
 
 @pytest.mark.parametrize("make", [lambda: StatsGate(), lambda: AutoencoderGate(epochs=3),
@@ -170,6 +180,9 @@ def test_automatic_choice_never_picks_an_all_uncertain_pair_and_flags_it():
     assert c.row["heatmap_call_rate"] < 1.0 and c.row["mode"] == "cascade"
     assert c.row["recall"] >= c.baseline["recall"] - 0.02 and c.row["precision"] >= c.baseline["precision"] - 0.05
     assert c.row["latency_ms"] < c.baseline["latency_ms"]
+    kept = choose(rows, margin=0.02, allow_gate_only=False)  # the heatmap model stays in the loop
+    assert kept.row["mode"] == "cascade" and 0 < kept.row["heatmap_call_rate"] < 1
+    assert kept.row["t_low"] < kept.row["t_high"]
     # old failure 3: everything routed and everything called anomalous is recognised as such
     m3 = Measured(m.labels, m.gate_scores, m.gate_ms, np.full(len(m.labels), 5.0), m.heat_ms)
     r3 = sweep(m3, heat_threshold=1.0)

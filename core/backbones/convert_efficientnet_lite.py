@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from core.backbones.torch_source import copy_bn as _bn
+from core.backbones.torch_source import load_source
+
 # Blocks per stage in timm's ``blocks.S.B`` layout (lukemelas numbers the blocks 0..N-1 flat).
 STAGE_DEPTHS: dict[str, tuple[int, ...]] = {
     "tf_efficientnet_lite0": (1, 2, 2, 3, 3, 4, 1),
@@ -20,21 +23,6 @@ STAGE_DEPTHS: dict[str, tuple[int, ...]] = {
     "tf_efficientnet_lite3": (1, 3, 3, 5, 5, 6, 1),
     "tf_efficientnet_lite4": (1, 4, 4, 6, 6, 8, 1),
 }
-
-_BN_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def load_source(path: str | Path) -> dict[str, torch.Tensor]:
-    # Safe loader: weights_only=True refuses anything in the pickle but tensors and plain containers.
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _bn(out: dict, src: dict, s: str, d: str) -> None:
-    for part in _BN_PARTS:
-        key = f"{s}.{part}"
-        if key in src:
-            out[f"{d}.{part}"] = src[key]
-
 
 def convert(path: str | Path, name: str) -> dict[str, torch.Tensor]:
     """Return a timm ``name`` state dict from the lukemelas-style file at ``path``."""

@@ -13,22 +13,10 @@ from pathlib import Path
 
 import torch
 
+from core.backbones.torch_source import copy_bn as _bn
+from core.backbones.torch_source import load_source
+
 STAGE_DEPTHS = (1, 2, 3, 4, 3, 3, 1)
-_BN_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def load_source(path: str | Path) -> dict[str, torch.Tensor]:
-    # Safe loader: weights_only=True refuses anything in the pickle but tensors and plain containers.
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _bn(out: dict, src: dict, s: str, d: str) -> None:
-    for part in _BN_PARTS:
-        key = f"{s}.{part}"
-        if key in src:
-            out[f"{d}.{part}"] = src[key]
-
-
 def convert(path: str | Path, name: str = "mobilenetv2_100") -> dict[str, torch.Tensor]:
     """Return a timm ``mobilenetv2_100`` state dict from the torchvision file at ``path``."""
     src = load_source(path)

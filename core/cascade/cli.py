@@ -13,7 +13,8 @@ def _opts(args):
 
     return CascadeOptions(gate=args.gate, margin=args.target_recall_margin, precision_floor=args.precision_floor,
                           heat_target_recall=args.heatmap_target_recall, limit=args.limit,
-                          domain_limit=args.domain_limit, seed=args.seed)
+                          domain_limit=args.domain_limit, seed=args.seed,
+                          allow_gate_only=not args.no_gate_only)
 
 
 def _models(args, index, out: Path, progress, data):
@@ -104,6 +105,8 @@ def add_cascade_parser(sub) -> None:
                    help="minimum val_mix precision (default: heatmap-only precision - 0.05)")
     p.add_argument("--heatmap-target-recall", type=float, default=None,
                    help="heatmap threshold: reach this val_mix recall (default: F1-max on val_mix)")
+    p.add_argument("--no-gate-only", action="store_true",
+                   help="never choose gate_only: keep the heatmap model in the loop for an uncertain band")
     p.add_argument("--domain", default=None, help="a domain set (defects only) reported as an extra flag-rate row")
     p.add_argument("--domain-limit", type=int, default=120, help="at most this many domain images")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per split (quick runs)")

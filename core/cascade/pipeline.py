@@ -38,6 +38,7 @@ class CascadeOptions:
     heat_target_recall: float | None = None  # None: the heatmap threshold is F1-max on val_mix
     limit: int | None = None  # cap images per split (stratified), for quick runs
     domain_limit: int = 120
+    allow_gate_only: bool = True  # False: the chosen point must call the heatmap model for some images
     seed: int = 0
     gate_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -186,7 +187,7 @@ def run_sweep(gate: Gate, detector, val: SplitImages, opts: CascadeOptions, out:
     thr = heat_threshold(m.labels, m.heat_scores, opts.heat_target_recall)
     scale = heat_scale(m.labels, m.heat_scores)
     rows = sweep(m, thr, scale)
-    choice = choose(rows, opts.margin, opts.precision_floor)
+    choice = choose(rows, opts.margin, opts.precision_floor, allow_gate_only=opts.allow_gate_only)
     policy = choice.policy(thr, scale)
     front_lat = pareto_front(rows, "latency_ms")
     front_call = pareto_front(rows, "heatmap_call_rate")

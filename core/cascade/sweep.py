@@ -165,12 +165,19 @@ class Choice:
                 "precision_floor": self.precision_floor, "n_eligible": self.n_eligible, "note": self.note}
 
 
+def _has_band(r: dict[str, Any]) -> bool:
+    """A cascade point whose uncertain band is a real interval (T_low < T_high) and holds validation images;
+    T_low == T_high only catches the images tied at that score: gate_only in disguise."""
+    return r["mode"] == "cascade" and r["t_low"] < r["t_high"] and r["heatmap_call_rate"] > 0
+
+
 def choose(rows: list[dict[str, Any]], margin: float = 0.02, precision_floor: float | None = None,
-           precision_margin: float = 0.05) -> Choice:
+           precision_margin: float = 0.05, allow_gate_only: bool = True) -> Choice:
     """The lowest-mean-latency row whose recall is within ``margin`` of heatmap-only recall and whose precision is
     at least ``precision_floor`` (default: heatmap-only precision minus ``precision_margin``).
 
-    Ties: higher F1, then lower call rate. A row that routes everything to the heatmap model costs more than
+    ``allow_gate_only=False`` keeps the heatmap model in the loop (a cascade point with a non-empty uncertain band,
+    or heatmap_only), e.g. when its maps are wanted for the uncertain parts. Ties: higher F1, then lower call rate. A row that routes everything to the heatmap model costs more than
     heatmap_only, so it is never chosen; heatmap_only itself always qualifies with the default floor.
     """
     base = next((r for r in rows if r["mode"] == "heatmap_only"), None)
@@ -179,7 +186,8 @@ def choose(rows: list[dict[str, Any]], margin: float = 0.02, precision_floor: fl
     rfloor = base["recall"] - float(margin)
     pfloor = base["precision"] - precision_margin if precision_floor is None else float(precision_floor)
     ok = [r for r in rows if r["recall"] >= rfloor - 1e-12 and r["precision"] >= pfloor - 1e-12
-          and not (r["mode"] != "heatmap_only" and r["heatmap_call_rate"] >= 1.0)]
+          and not (r["mode"] != "heatmap_only" and r["heatmap_call_rate"] >= 1.0)
+          and (allow_gate_only or r["mode"] == "heatmap_only" or _has_band(r))]
     if not ok:
         return Choice(base, base, rfloor, pfloor, 0,
                       "no operating point meets the recall margin and precision floor: falling back to heatmap_only")

@@ -59,7 +59,7 @@ class Padim(HeatmapDetector):
         x = emb.reshape(n, d, h * w).transpose(2, 0, 1)  # P x N x d
         mean = x.mean(axis=1)
         xc = x - mean[:, None, :]
-        cov = np.einsum("pni,pnj->pij", xc, xc) / max(1, n - 1)
+        cov = np.matmul(xc.transpose(0, 2, 1), xc) / max(1, n - 1)  # batched BLAS: ~10x faster than einsum
         cov += self.cfg.regularisation * np.eye(d)[None]
         progress("padim statistics", 1, 2)
         self.inv_cov = np.linalg.inv(cov).astype(np.float32)

@@ -45,7 +45,7 @@ class FeatureExtractor:
         spec: FeatureSpec,
         device: str | None = None,
         cache: FeatureCache | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
     ) -> None:
         from core.backbones import load_backbone
 
@@ -53,7 +53,9 @@ class FeatureExtractor:
         layers = spec.layers or self.backbone.info.default_layers
         self.spec = FeatureSpec(spec.backbone, tuple(layers), int(spec.image_size))
         self.cache = cache
-        self.batch_size = batch_size
+        # On 2 CPU cores lite0 measured 36 ms/image in batches of 4 vs 55 in batches of 16 (cache-bound);
+        # a GPU wants large batches.
+        self.batch_size = batch_size or (32 if self.backbone.device.type == "cuda" else 4)
 
     @property
     def weights_sha256(self) -> str:
