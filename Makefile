@@ -22,6 +22,7 @@ app: install
 	$(PY) -m streamlit run app.py
 
 test: install
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pytest
 
 verify: install

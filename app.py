@@ -1,7 +1,9 @@
-"""Data & models (home page): pick a dataset, look at it, fit a detector, manage saved models.
+"""The app's entry point: the navigation (``st.navigation``) and the home page, "Data & models" (pick a dataset,
+look at it, fit a detector, manage saved models, fit a cascade gate).
 
-Run with ``make app`` (builds the demo, then ``streamlit run app.py``). The other pages live in ``pages/``:
-each is one file, listed in the sidebar in file-name order, so a new page is just a new file.
+Run with ``make app`` (builds the demo, then ``streamlit run app.py``). The other pages live in ``pages/``, one
+file each; a new page is a new file plus one ``st.Page`` line in ``PAGES`` below (a new sidebar section is a new
+key, e.g. "Explain" for a GAIN-MTL CAM page or "Experiments").
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+import pages as shared
 from core import workbench as wb
 from pages import current_model, guarded, set_model, setup, show_error
-
-setup("Data & models", "🏠")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -209,13 +210,77 @@ def models_section() -> None:
         st.rerun()
 
 
+# ------------------------------------------------------------------------------------------------------------
+def gate_section() -> None:
+    st.header("4 · Fit a gate (cascade)")
+    cur = current_model()
+    if cur is None:
+        st.info("Fit or pick a model above first: the gate sits in front of that model.")
+        return
+    st.caption(f"A cheap gate in front of **{cur.name}**: it decides the clear images, the model's heatmap only the "
+               "uncertain ones. Fitted on train_normal + train_mix, calibrated on val_mix, then every val_mix image "
+               "is scored and timed once by the gate and by the model (batch 1); the Thresholds page tunes "
+               f"T_low/T_high on those cached numbers. Saved in `{wb.cascade_dir(cur)}`.")
+    state = wb.load_cascade(cur) if wb.cascade_stamp(cur) else None
+    if state is not None:
+        pol = state.saved_policy
+        st.caption(f"Current gate: **{state.gate}**, measured on {len(state)} val_mix images; policy "
+                   f"{pol.get('mode')} T_low={pol.get('t_low')}, T_high={pol.get('t_high')}.")
+    kinds = wb.gate_kinds()
+    c1, c2 = st.columns([1, 3])
+    kind = c1.selectbox("Gate", kinds, key="gate_kind", help=" · ".join(f"{k}: {wb.GATE_HELP.get(k, '')}" for k in kinds))
+    c2.caption(wb.GATE_HELP.get(kind, ""))
+    label = f"Fit the {kind} gate" + (" (replaces the current one)" if state is not None else "")
+    if st.button(label, key="gate_go", type="primary"):
+        bar = st.progress(0.0, text="Loading images…")
+
+        def sink(stage: str, done: int, total: int) -> None:
+            bar.progress(min(1.0, done / max(total, 1)), text=f"{stage}: {done}/{total}")
+
+        try:
+            out = wb.fit_gate(cur, kind, progress=sink)
+        except Exception as exc:  # noqa: BLE001
+            bar.empty()
+            show_error(exc)
+            return
+        bar.progress(1.0, text="done")
+        chosen = out.report.get("choice", {}).get("chosen", {})
+        msg = (f"Fitted the **{kind}** gate in {out.wall_seconds:.1f} s and measured {out.n_measured} val_mix images. "
+               f"Automatic choice: {chosen.get('mode', '?')}")
+        if chosen.get("mode") == "cascade":
+            msg += f" T_low={chosen['t_low']:.3f}, T_high={chosen['t_high']:.3f}"
+        if chosen:
+            msg += (f" (recall {chosen['recall']:.3f}, heatmap call rate {chosen['heatmap_call_rate']:.0%}, "
+                    f"{chosen['latency_ms']:.1f} ms/image). Tune it on the Thresholds page.")
+        st.success(msg)
+        for note in out.report.get("gate_health") or []:
+            st.warning(f"Gate health: {note}")
+        st.session_state.pop(f"cascade::{cur}", None)
+
+
 @guarded
-def main() -> None:
+def home() -> None:
+    setup("Data & models", "🏠")
     cur = current_model()
     st.sidebar.caption(f"Model: **{cur.name}**" if cur else "No model loaded yet")
     root = dataset_section()
     fit_section(root)
     models_section()
+    gate_section()
 
 
-main()
+HOME_PAGE = st.Page(home, title="Data & models", icon=":material/home:", url_path="data", default=True)
+PAGES = {
+    "Workbench": [
+        HOME_PAGE,
+        st.Page("pages/2_Scores.py", title="Scores", icon=":material/bar_chart:"),
+        st.Page("pages/3_Thresholds.py", title="Thresholds", icon=":material/tune:"),
+        st.Page("pages/4_Heatmaps.py", title="Heatmaps", icon=":material/local_fire_department:"),
+        st.Page("pages/5_Score_images.py", title="Score images", icon=":material/image_search:"),
+    ],
+    # "Explain": [st.Page("pages/6_GAIN_MTL_CAM.py", title="GAIN-MTL CAM", icon=":material/visibility:")],
+    # "Experiments": [st.Page("pages/7_Experiments.py", title="Experiments", icon=":material/science:")],
+}
+shared.HOME_PAGE = HOME_PAGE
+st.set_page_config(page_title="Anomaly workbench", page_icon="🔍", layout="wide")
+st.navigation(PAGES).run()

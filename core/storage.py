@@ -2,7 +2,8 @@
 
 A model folder holds ``config.json`` and ``arrays.safetensors``. The config carries the format version,
 the kind of model and the SHA-256 of the arrays file, so a tampered, foreign or newer folder is refused
-with a message instead of being half-loaded.
+with a message instead of being half-loaded. Saves are kill-safe (see :func:`save_model_folder`): a folder
+may briefly hold ``arrays.<sha256>.safetensors``, the previous arrays, which the loader falls back to.
 """
 
 from __future__ import annotations
@@ -10,9 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (Windows: saves are not serialised across processes)
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -21,6 +30,7 @@ from core.errors import ModelFormatError
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 ARRAYS_NAME = "arrays.safetensors"
+LOCK_NAME = ".lock"
 PRODUCT = "anomaly-workbench"
 
 
@@ -86,18 +96,41 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def save_model_folder(folder: str | Path, kind: str, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Save a model as ``config.json`` + ``arrays.safetensors``, each written atomically.
+@contextmanager
+def model_folder_lock(folder: str | Path) -> Iterator[None]:
+    """Exclusive lock on a model folder (``.lock`` inside it, flock), held while its files are rewritten.
 
-    The arrays file is written first and the config (which holds its hash) last, so a crash between
-    the two leaves a folder whose hash check fails loudly rather than a silently mixed model.
+    Serialises :func:`save_model_folder` and config rewrites (a new threshold) across processes, so two
+    writers cannot interleave their arrays and configs. Released by the kernel if the process dies.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _backup_name(sha: str) -> str:
+    return f"arrays.{sha}.safetensors"
+
+
+def save_model_folder(folder: str | Path, kind: str, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Save a model as ``config.json`` + ``arrays.safetensors``, so that a crash at any point leaves a
+    folder that loads as the old model or the new one, never a hash mismatch.
+
+    Under the folder's lock: (1) the current arrays file is hard-linked to ``arrays.<old sha>.safetensors``;
+    (2) the new arrays are written atomically; (3) the new config (with their hash) is written atomically;
+    (4) the backup and temp files of killed saves are removed. A crash between (2) and (3) leaves the old
+    config next to the new arrays: :func:`load_model_folder` then finds the old arrays in the backup.
     """
     from safetensors.numpy import save as st_save
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-    atomic_write_bytes(folder / ARRAYS_NAME, blob)
     full = dict(config)
     full.update(
         product=PRODUCT,
@@ -105,8 +138,40 @@ def save_model_folder(folder: str | Path, kind: str, config: dict[str, Any], arr
         kind=kind,
         arrays_sha256=hashlib.sha256(blob).hexdigest(),
     )
-    atomic_write_json(folder / CONFIG_NAME, full)
+    with model_folder_lock(folder):
+        _backup_current_arrays(folder)
+        atomic_write_bytes(folder / ARRAYS_NAME, blob)
+        atomic_write_json(folder / CONFIG_NAME, full)
+        _remove_leftovers(folder)
     return folder
+
+
+def _backup_current_arrays(folder: Path) -> None:
+    cur = folder / ARRAYS_NAME
+    try:
+        old_sha = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("arrays_sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(old_sha, str) or not re.fullmatch(r"[0-9a-f]{64}", old_sha) or not cur.is_file():
+        return
+    backup = folder / _backup_name(old_sha)
+    if backup.exists():
+        return
+    try:
+        os.link(cur, backup)
+    except OSError:  # no hard links here: copy instead (atomically)
+        atomic_write_bytes(backup, cur.read_bytes())
+    _fsync_dir(folder)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Backups and temp files of earlier (killed) saves; called under the lock, after the config is in place."""
+    for p in folder.iterdir():
+        n = p.name
+        if (n.startswith("arrays.") and n.endswith(".safetensors") and n != ARRAYS_NAME) or (
+            n.startswith((f".{ARRAYS_NAME}.", f".{CONFIG_NAME}.")) and n.endswith(".tmp")
+        ):
+            p.unlink(missing_ok=True)
 
 
 def read_model_config(folder: str | Path) -> dict[str, Any]:
@@ -149,10 +214,19 @@ def load_model_folder(folder: str | Path, expect_kind: str | None = None) -> tup
             f"{folder} holds a {cfg.get('kind')!r} model, not {expect_kind!r}.", f"Load it as {cfg.get('kind')!r}."
         )
     arr_path = folder / ARRAYS_NAME
-    if not arr_path.is_file():
-        raise ModelFormatError(f"{folder} has no {ARRAYS_NAME}.", "Refit the model; the folder is incomplete.")
-    blob = arr_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != cfg.get("arrays_sha256"):
+    want = cfg.get("arrays_sha256")
+    blob = None
+    for attempt in range(3):
+        blob = _read_arrays(folder, arr_path, want)
+        if blob is not None:
+            break
+        if attempt < 2:  # a save may be in progress: read the config again
+            time.sleep(0.05 * (attempt + 1))
+            cfg = read_model_config(folder)
+            want = cfg.get("arrays_sha256")
+    if blob is None:
+        if not arr_path.is_file():
+            raise ModelFormatError(f"{folder} has no {ARRAYS_NAME}.", "Refit the model; the folder is incomplete.")
         raise ModelFormatError(
             f"{arr_path} does not match the hash in {CONFIG_NAME}: it was changed or only partly written.",
             "Refit the model, or restore the folder from a backup.",
@@ -162,3 +236,18 @@ def load_model_folder(folder: str | Path, expect_kind: str | None = None) -> tup
     except SafetensorError as exc:
         raise ModelFormatError(f"{arr_path} is not a valid safetensors file ({exc}).", "Refit the model.") from exc
     return cfg, arrays
+
+
+def _read_arrays(folder: Path, arr_path: Path, want: Any) -> bytes | None:
+    """The arrays bytes whose hash is ``want``: the arrays file, else the backup a killed save left."""
+    candidates = [arr_path]
+    if isinstance(want, str) and re.fullmatch(r"[0-9a-f]{64}", want):
+        candidates.append(folder / _backup_name(want))
+    for p in candidates:
+        try:
+            blob = p.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(blob).hexdigest() == want:
+            return blob
+    return None

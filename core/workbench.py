@@ -155,18 +155,18 @@ def _thumb(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
-def _safe_member_path(name: str) -> PurePosixPath | None:
+def _safe_member_path(name: str, zip_name: str = "The zip") -> PurePosixPath | None:
     """The member's relative path, or None for a folder entry; raises for unsafe names."""
     raw = name.replace("\\", "/")
     if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw) or "\x00" in raw:
         raise DatasetError(
-            f"The zip holds an entry with an absolute path ({name!r}); it was not extracted.",
+            f"{zip_name} holds an entry with an absolute path ({name!r}); it was not extracted.",
             "Zip the dataset folder with relative paths (e.g. `cd parent && zip -r data.zip mydataset`).",
         )
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise DatasetError(
-            f"The zip holds an entry that climbs out of its folder ({name!r}); it was not extracted.",
+            f"{zip_name} holds an entry that climbs out of its folder ({name!r}); it was not extracted.",
             "Zip the dataset folder with relative paths and no '..' parts.",
         )
     if not parts or raw.endswith("/"):
@@ -207,13 +207,13 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
         plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
         declared = 0
         for m in members:
-            rel = _safe_member_path(m.filename)
+            rel = _safe_member_path(m.filename, name)
             if rel is None:
                 continue
             mode = (m.external_attr >> 16) & 0o170000
             if mode == stat.S_IFLNK:
                 raise DatasetError(
-                    f"The zip holds a symbolic link ({m.filename!r}); links are not extracted.",
+                    f"{name} holds a symbolic link ({m.filename!r}); links are not extracted.",
                     "Zip the real files (zip -r without --symlinks).",
                 )
             if rel.parts[0] == "__MACOSX" or rel.name.startswith("._"):
@@ -233,7 +233,8 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
             for m, rel in plan:
                 dest = (tmp / Path(*rel.parts)).resolve()
                 if base not in dest.parents:  # belt and braces after the name checks
-                    raise DatasetError(f"Zip entry {m.filename!r} would land outside its folder.", "Re-zip the folder.")
+                    raise DatasetError(f"Zip entry {m.filename!r} of {name} would land outside its folder.",
+                                       "Re-zip the folder.")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(dest, "wb") as out:
                     while chunk := src.read(1 << 20):
@@ -426,10 +427,13 @@ def fit_model(
     paths = [str(index.abs_path(r)) for r in index.split("train_normal")]
     tracker = progress if isinstance(progress, FitProgress) else FitProgress(progress)
     t0 = time.perf_counter()
-    report = det.fit(
-        paths, cache=cache if cache is not None else FeatureCache(), progress=tracker,
-        fingerprint=index.fingerprint("train_normal"),
-    )
+    try:
+        report = det.fit(
+            paths, cache=cache if cache is not None else FeatureCache(), progress=tracker,
+            fingerprint=index.fingerprint("train_normal"),
+        )
+    except DatasetError as exc:
+        raise _fit_error_with_files(exc, index.root, paths) from None
     wall = time.perf_counter() - t0
     rep = report.to_dict()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
@@ -443,6 +447,23 @@ def fit_model(
             raise WorkbenchError(f"A model named {name!r} was saved meanwhile.", "Choose another name.") from None
         raise WorkbenchError(f"The model could not be saved in {root} ({exc}).", "Check the disk space and rights.") from None
     return FitOutcome(final, rep, wall)
+
+
+def _fit_error_with_files(exc: DatasetError, root: Path, paths: Sequence[str], show: int = 5) -> DatasetError:
+    """The engine's fit error, naming the dataset and (when images were unreadable) the first few files and why."""
+    from core.data import read_image
+
+    problems: list[str] = []
+    if "could be read" in exc.problem:
+        for p in paths:
+            try:
+                read_image(p)
+            except WorkbenchError as e:
+                problems.append(e.problem)
+                if len(problems) >= show:
+                    break
+    detail = (" " + " ".join(problems) + (" ..." if len(problems) >= show else "")) if problems else ""
+    return DatasetError(f"Cannot fit on dataset {root}: {exc.problem}{detail}", exc.fix)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -571,9 +592,20 @@ def save_threshold(folder: str | Path, threshold: float, source: str = "set in t
     the ``arrays_sha256`` that guards it stay as they are, so the folder still loads. The threshold must lie
     above the held-out normals' median score, which the normalisation maps to 0 (1 = the threshold).
     """
-    from core.storage import CONFIG_NAME, atomic_write_json, load_model_folder, read_model_config
+    from core.storage import CONFIG_NAME, atomic_write_json, load_model_folder, model_folder_lock, read_model_config
 
     folder = Path(folder)
+    read_model_config(folder)  # refuse a foreign folder before taking its lock
+    with model_folder_lock(folder):  # no save of this model may interleave with the read-modify-write
+        cfg = _threshold_config(folder, threshold, source)
+        atomic_write_json(folder / CONFIG_NAME, cfg)
+    load_model_folder(folder)  # the hash still matches: the folder loads as before
+    return cfg
+
+
+def _threshold_config(folder: Path, threshold: float, source: str) -> dict[str, Any]:
+    from core.storage import read_model_config
+
     cfg = read_model_config(folder)
     norm = dict(cfg.get("normalisation") or {})
     if "image_median" not in norm:
@@ -588,8 +620,6 @@ def save_threshold(folder: str | Path, threshold: float, source: str = "set in t
     norm["image_threshold"] = t
     norm["threshold_source"] = str(source)
     cfg["normalisation"] = norm
-    atomic_write_json(folder / CONFIG_NAME, cfg)
-    load_model_folder(folder)  # the hash still matches: the folder loads as before
     return cfg
 
 
@@ -972,3 +1002,321 @@ def results_csv(results: Sequence[UploadResult], threshold: float | None = None)
         w.writerow([("" if row[c] is None else row[c]) for c in cols[:6]] + ([f"{threshold:.6g}"] if threshold is not None else []))
     return buf.getvalue()
 
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Cascade gate: fitted beside a model, measured once per image, tuned on cached measurements only
+#
+# Layout (the same as ``python -m core cascade`` writes, with the model folder itself as the detector):
+#   <model>/cascade/gate/                  the gate (config.json + arrays.safetensors)
+#   <model>/cascade/measured_val_mix.csv   per val_mix image: label, gate score + ms, heatmap score + ms (batch 1)
+#   <model>/cascade/sweep.csv, pareto.csv  every (T_low, T_high) pair on val_mix, and the fronts
+#   <model>/cascade/cascade.json           the automatic choice; ``policy`` is what the app saves
+# The folder is written under a temporary name and swapped in, so a half-fitted gate is never read.
+
+CASCADE_DIRNAME = "cascade"
+GATE_ORDER = ("stats", "supervised", "distance", "autoencoder")  # cheapest to fit first
+GATE_HELP = {
+    "stats": "Robust image statistics + Mahalanobis distance to the normals; fits in a second, label-free.",
+    "supervised": "A small classifier trained on train_normal + train_mix defects (needs labels); slower to fit.",
+    "distance": "Distance to the training normals in a small embedding; label-free.",
+    "autoencoder": "Reconstruction error of a tiny autoencoder on the normals; label-free, slowest to fit.",
+}
+
+
+def gate_kinds() -> list[str]:
+    from core.cascade import GATES
+
+    return [g for g in GATE_ORDER if g in GATES] + [g for g in GATES if g not in GATE_ORDER]
+
+
+def cascade_dir(folder: str | Path) -> Path:
+    return Path(folder) / CASCADE_DIRNAME
+
+
+def cascade_stamp(folder: str | Path) -> str | None:
+    """Changes whenever the cascade folder is rewritten or its policy saved (a cache key); None: no gate."""
+    d = cascade_dir(folder)
+    try:
+        a = (d / "cascade.json").stat().st_mtime_ns
+        b = (d / "measured_val_mix.csv").stat().st_mtime_ns
+    except OSError:
+        return None
+    return f"{a}:{b}"
+
+
+@dataclass
+class GateFitOutcome:
+    folder: Path
+    kind: str
+    report: dict[str, Any]
+    wall_seconds: float
+    n_measured: int
+
+
+def fit_gate(
+    model_folder: str | Path,
+    kind: str = "stats",
+    progress: Callable[[str, int, int], None] | None = None,
+    det=None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> GateFitOutcome:
+    """Fit a cascade gate for a saved model and measure it once, per image.
+
+    The gate learns on train_normal + train_mix (label-free gates on the normals only) and is calibrated on
+    val_mix; then every val_mix image is scored by the gate and by the model one at a time (batch 1, decoded
+    images, no feature cache) and timed. Those measurements are what the Thresholds page tunes on: moving
+    ``T_low``/``T_high`` afterwards never calls a model.
+    """
+    from core.cascade import make_gate
+    from core.cascade.pipeline import CascadeOptions, check_mixed, load_split, run_sweep
+    from core.data import index_dataset
+
+    folder = Path(model_folder)
+    info = model_info(folder)
+    if info.error:
+        raise ModelFormatError(info.error, "Pick a model that loads.")
+    if not info.dataset or not Path(info.dataset).is_dir():
+        raise DatasetError(f"The dataset this model was fitted on ({info.dataset or 'unknown'}) is not here.",
+                           "Restore that folder, or fit a model on a dataset that is here.")
+    if kind not in gate_kinds():
+        raise WorkbenchError(f"Unknown gate {kind!r}.", f"Choose one of: {', '.join(gate_kinds())}.")
+    prog = progress or (lambda *_: None)
+    t0 = time.perf_counter()
+    index = index_dataset(info.dataset)
+    check_mixed(index)
+    data = {}
+    for i, split in enumerate(("train_normal", "train_mix", "val_mix")):
+        prog("load images", i, 3)
+        data[split] = load_split(index, split, limit)
+    prog("load images", 3, 3)
+    tn, tm, val = data["train_normal"], data["train_mix"], data["val_mix"]
+    gate = make_gate(kind, seed=seed)
+    report = gate.fit(tn.images + tm.images, np.r_[tn.labels, tm.labels], val.images, val.labels, prog)
+    det = det if det is not None else load_model(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{CASCADE_DIRNAME}.", suffix=".tmp", dir=folder))
+    try:
+        gate.save(tmp / "gate")
+        result = run_sweep(gate, det, val, CascadeOptions(gate=kind, limit=limit, seed=seed), out=tmp,
+                           progress=lambda s, d, n: prog("measure (batch 1)", d, n))
+        from core.storage import atomic_write_json
+
+        atomic_write_json(tmp / "fit.json", {"gate": kind, "dataset": str(index.root), "model": folder.name,
+                                             "model_stamp": info.stamp.split(":")[0], "limit": limit,
+                                             "gate_report": report, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+        final = cascade_dir(folder)
+        old = None
+        if final.exists():
+            old = folder / f".{CASCADE_DIRNAME}-old-{time.time_ns()}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return GateFitOutcome(final, kind, {**report, "choice": result["choice"], "gate_health": result["gate_health"]},
+                          time.perf_counter() - t0, len(val.labels))
+
+
+@dataclass
+class CascadeState:
+    """What the Thresholds page tunes on: cached per-image measurements and the saved cascade settings."""
+
+    folder: Path
+    gate: str
+    measured: Any  # core.cascade.Measured (val_mix)
+    defects: list[str]
+    config: dict[str, Any]  # cascade.json
+    stamp: str
+
+    @property
+    def saved_policy(self) -> dict[str, Any]:
+        return dict(self.config.get("policy") or {})
+
+    def __len__(self) -> int:
+        return int(len(self.measured.labels))
+
+
+def load_cascade(folder: str | Path) -> CascadeState | None:
+    """The model's gate measurements and settings, or None when no gate was fitted for it."""
+    import json
+
+    from core.cascade.pipeline import read_measured
+
+    d = cascade_dir(folder)
+    stamp = cascade_stamp(folder)
+    if stamp is None:
+        return None
+    try:
+        cfg = json.loads((d / "cascade.json").read_text())
+        defects, m = read_measured(d / "measured_val_mix.csv")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFormatError(f"The cascade files in {d} cannot be read ({exc}).",
+                               "Fit the gate again from the Data & models page.") from None
+    return CascadeState(Path(folder), str(cfg.get("gate", "")), m, defects, cfg, stamp)
+
+
+def cascade_sweep(measured, heat_threshold: float, heat_scale: float = 1.0) -> tuple[list[dict], list[dict]]:
+    """Every candidate (T_low, T_high) pair at this heatmap threshold, and the recall-vs-latency Pareto front.
+
+    The same rows as :func:`core.cascade.sweep` (same candidates, end points and metrics; ``latency_p95_ms`` is
+    left out of the cascade rows) computed with prefix sums over the images sorted by gate score instead of one
+    pass per pair, so that moving the heatmap threshold with thousands of measured images stays interactive.
+    Pure numpy on the cached measurements: no model call.
+    """
+    from core.cascade import Policy
+    from core.cascade.sweep import candidate_thresholds, degenerate_note, gate_threshold_f1, pair_metrics
+
+    y = np.asarray(measured.labels, np.int64)
+    g = np.asarray(measured.gate_scores, np.float64)
+    n = y.size
+    thr = float(heat_threshold)
+    common = dict(heat_threshold=thr, heat_scale=float(heat_scale))
+    rows = [pair_metrics(measured, Policy(mode="heatmap_only", **common)),
+            pair_metrics(measured, Policy(mode="gate_only", gate_threshold=gate_threshold_f1(y, g), **common))]
+    cands = candidate_thresholds(g)
+    order = np.argsort(g, kind="stable")
+    gs = g[order]
+    dh = (np.asarray(measured.heat_scores, np.float64) >= thr)[order]
+    ys = y[order]
+
+    def csum(a):
+        return np.r_[0.0, np.cumsum(np.asarray(a, np.float64))]
+
+    c_pos, c_hpos, c_hneg = csum(ys), csum(dh & (ys == 1)), csum(dh & (ys == 0))
+    c_hms = csum(np.asarray(measured.heat_ms, np.float64)[order])
+    gate_total = float(np.sum(measured.gate_ms))
+    n_pos = float(ys.sum())
+    lt = np.searchsorted(gs, cands, "left")  # images with gate score < t
+    le = np.searchsorted(gs, cands, "right")  # images with gate score <= t
+    i_lo, i_hi = np.triu_indices(cands.size)
+    a, b = lt[i_lo], le[i_hi]  # band [a, b) goes to the heatmap model; [b, n) is gate-anomalous
+    b = np.maximum(a, b)
+    above_pos = c_pos[n] - c_pos[b]
+    above_neg = (n - b) - above_pos
+    tp = above_pos + (c_hpos[b] - c_hpos[a])
+    fp = above_neg + (c_hneg[b] - c_hneg[a])
+    fn = n_pos - tp
+    tn = (n - n_pos) - fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        rec = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
+    nn = max(n, 1)
+    lat = (gate_total + (c_hms[b] - c_hms[a])) / nn
+    for k in range(i_lo.size):
+        row = {"mode": "cascade", "t_low": float(cands[i_lo[k]]), "t_high": float(cands[i_hi[k]]),
+               "gate_threshold": None, "accuracy": float((tp[k] + tn[k]) / nn), "precision": float(prec[k]),
+               "recall": float(rec[k]), "f1": float(f1[k]), "heatmap_call_rate": float((b[k] - a[k]) / nn),
+               "gate_normal_rate": float(a[k] / nn), "gate_anomalous_rate": float((n - b[k]) / nn),
+               "positive_rate": float((tp[k] + fp[k]) / nn), "latency_ms": float(lat[k]), "latency_p95_ms": None}
+        row["note"] = degenerate_note(row)
+        rows.append(row)
+    return rows, fast_pareto_front(rows, "latency_ms")
+
+
+def fast_pareto_front(rows: list[dict[str, Any]], cost: str = "latency_ms") -> list[dict[str, Any]]:
+    """:func:`core.cascade.pareto_front` (rows not dominated in higher recall / lower cost, sorted by cost, one row
+    per operating point) with a numpy dominance matrix instead of a Python double loop."""
+    if not rows:
+        return []
+    r = np.array([x["recall"] for x in rows], np.float64)
+    c = np.array([x[cost] for x in rows], np.float64)
+    ge, le = r[None, :] >= r[:, None], c[None, :] <= c[:, None]
+    strict = (r[None, :] > r[:, None]) | (c[None, :] < c[:, None])
+    dominated = (ge & le & strict).any(axis=1)
+    seen, out = set(), []
+    for i in sorted(np.flatnonzero(~dominated), key=lambda i: (c[i], -r[i])):
+        x = rows[i]
+        key = (x["mode"], x["t_low"], x["t_high"], x["gate_threshold"])
+        if key not in seen:
+            seen.add(key)
+            out.append(x)
+    return out
+
+
+def cascade_point(measured, t_low: float, t_high: float, heat_threshold: float) -> dict[str, Any]:
+    """Metrics of one (T_low, T_high) on cached measurements: confusion counts, accuracy, precision, recall, F1,
+    heatmap call rate, gate-decided shares and expected mean latency (measured gate ms + heatmap ms if routed)."""
+    from core.cascade import Policy
+    from core.cascade.routing import HEATMAP, decisions_for, routes_for
+
+    lo, hi = float(min(t_low, t_high)), float(max(t_low, t_high))
+    pol = Policy(mode="cascade", t_low=lo, t_high=hi, heat_threshold=float(heat_threshold))
+    y = np.asarray(measured.labels, np.int64)
+    routes = routes_for(measured.gate_scores, pol)
+    dec = decisions_for(measured.gate_scores, measured.heat_scores, routes, pol)
+    lat = measured.latency(routes, "cascade")
+    tp = int(((dec == 1) & (y == 1)).sum())
+    fp = int(((dec == 1) & (y == 0)).sum())
+    fn = int(((dec == 0) & (y == 1)).sum())
+    tn = int(((dec == 0) & (y == 0)).sum())
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    n = max(1, y.size)
+    heat_all = float(np.mean(measured.heat_ms)) if y.size else 0.0
+    return {
+        "t_low": lo, "t_high": hi, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "accuracy": (tp + tn) / n, "precision": prec, "recall": rec,
+        "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+        "heatmap_call_rate": float((routes == HEATMAP).mean()) if y.size else 0.0,
+        "gate_normal_rate": float((routes == 0).mean()) if y.size else 0.0,
+        "gate_anomalous_rate": float((routes == 1).mean()) if y.size else 0.0,
+        "latency_ms": float(lat.mean()) if y.size else 0.0,
+        "heatmap_only_latency_ms": heat_all,
+        "gate_ms": float(np.mean(measured.gate_ms)) if y.size else 0.0,
+    }
+
+
+def cascade_pick_for_recall(rows: list[dict[str, Any]], target_recall: float,
+                            precision_floor: float | None = None) -> tuple[float, float, str]:
+    """The cascade's automatic choice (:func:`core.cascade.choose`: cheapest mean latency meeting the recall and
+    precision floors) with the recall floor set to ``target_recall``; returned as (T_low, T_high, note).
+
+    A ``gate_only`` choice at threshold T becomes T_low = T_high = T; ``heatmap_only`` becomes (0, 1): every image
+    goes to the heatmap model.
+    """
+    from core.cascade import choose
+
+    base = next(r for r in rows if r["mode"] == "heatmap_only")
+    c = choose(rows, margin=float(base["recall"]) - float(target_recall), precision_floor=precision_floor)
+    r = c.row
+    if r["mode"] == "cascade":
+        lo, hi = float(r["t_low"]), float(r["t_high"])
+    elif r["mode"] == "gate_only":
+        lo = hi = float(r["gate_threshold"])
+    else:
+        lo, hi = 0.0, 1.0
+    note = c.note or (f"{r['mode']}: recall {r['recall']:.3f}, precision {r['precision']:.3f}, "
+                      f"{r['latency_ms']:.1f} ms/image on val_mix ({c.n_eligible} of {len(rows)} points qualify)")
+    if c.n_eligible == 0:
+        note = (f"No point reaches recall {target_recall:.2f} with precision ≥ {c.precision_floor:.2f} on val_mix "
+                f"(the heatmap model alone reaches {base['recall']:.3f}); every image goes to the heatmap model.")
+    return lo, hi, note
+
+
+def save_cascade_policy(folder: str | Path, t_low: float, t_high: float, heat_threshold: float,
+                        source: str = "set in the app") -> dict[str, Any]:
+    """Store (T_low, T_high) and the heatmap threshold as the cascade's policy in cascade.json, atomically."""
+    import json
+
+    from core.cascade import Policy
+    from core.storage import atomic_write_json
+
+    path = cascade_dir(folder) / "cascade.json"
+    if not path.is_file():
+        raise WorkbenchError(f"{Path(folder).name} has no fitted gate.", "Fit a gate on the Data & models page.")
+    lo, hi = float(t_low), float(t_high)
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo <= hi <= 1.0):
+        raise WorkbenchError(f"T_low={lo:.4g}, T_high={hi:.4g} are not valid.", "Give 0 <= T_low <= T_high <= 1.")
+    cfg = json.loads(path.read_text())
+    old = dict(cfg.get("policy") or {})
+    pol = Policy(mode="cascade", t_low=lo, t_high=hi, heat_threshold=float(heat_threshold),
+                 heat_scale=float(old.get("heat_scale", 1.0)))
+    cfg.setdefault("auto_policy", old)
+    cfg["policy"] = pol.to_dict()
+    cfg["policy_source"] = f"{source} ({time.strftime('%Y-%m-%d %H:%M:%S')})"
+    atomic_write_json(path, cfg)
+    return cfg

@@ -1,18 +1,31 @@
-"""Thresholds: try a decision threshold on cached scores (live confusion matrix), pick one for a target recall,
-save it into the model folder.
+"""Thresholds: the heatmap model's decision threshold, and the cascade's gate thresholds T_low / T_high.
 
-Moving the slider never recomputes features or scores: the split's scores come from st.cache_data keyed by
-model folder + split; only the counts are recomputed.
+Heatmap threshold: try one on cached scores (live confusion matrix), pick one for a target recall, save it into
+the model folder.
+
+Cascade (when a gate was fitted on the home page): gate score < T_low -> normal, > T_high -> anomalous, otherwise
+the heatmap model decides. Live confusion matrix, metrics, heatmap call rate and expected mean latency, the sweep's
+Pareto front with the current point, "pick for target recall" from the cascade's automatic choice, and an atomic
+save into ``<model>/cascade/cascade.json``.
+
+No slider move recomputes features or calls a model: split scores come from the cache keyed by model folder +
+split, and the cascade numbers from per-image gate/heatmap scores and timings measured once when the gate was
+fitted (pure numpy on those arrays).
 """
 
 from __future__ import annotations
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from core import workbench as wb
 from pages import (
+    cascade_state,
+    cascade_sweep,
+    fast_figure,
     guarded,
+    link_home,
     histogram,
     model_badge,
     model_dataset,
@@ -20,6 +33,7 @@ from pages import (
     scores_for,
     setup,
     show_error,
+    splits_of,
     threshold_key,
 )
 
@@ -39,7 +53,7 @@ def main() -> None:
         st.session_state[key] = float(info.threshold)
     model_badge(info, st.session_state[key])
 
-    splits = wb.dataset_splits(root)
+    splits = splits_of(root)
     pref = "val_mix" if "val_mix" in splits else splits[0]
     split = st.selectbox("Tune on split", splits, index=splits.index(pref), key="th_split",
                          help="val_mix is the split meant for tuning; report on test_mix.")
@@ -115,6 +129,156 @@ def main() -> None:
     st.plotly_chart(histogram(wb.group_scores([res], "label"), thr, False), key="th_hist")
     saved = info.threshold
     st.caption(f"Saved threshold: {saved:.6g} ({info.threshold_source}).")
+    cascade_section(folder, thr)
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _pair(policy: dict) -> tuple[float, float]:
+    """A saved policy as a (T_low, T_high) slider position."""
+    mode = policy.get("mode", "cascade")
+    if mode == "cascade" and policy.get("t_low") is not None and policy.get("t_high") is not None:
+        return float(policy["t_low"]), float(policy["t_high"])
+    if mode == "gate_only" and policy.get("gate_threshold") is not None:
+        t = float(policy["gate_threshold"])
+        return t, t
+    return 0.0, 1.0
+
+
+def _fmt_pair(lo: float, hi: float) -> str:
+    return f"T_low={lo:.3f}, T_high={hi:.3f}"
+
+
+def pareto_figure(rows: list[dict], front: list[dict], point: dict, auto: tuple[float, float] | None) -> go.Figure:
+    casc = [r for r in rows if r["mode"] == "cascade"]
+    traces = [
+        {"type": "scatter", "x": [r["latency_ms"] for r in casc], "y": [r["recall"] for r in casc], "mode": "markers",
+         "name": "swept (T_low, T_high) pairs", "marker": {"color": "#BBBBBB", "size": 6},
+         "text": [_fmt_pair(r["t_low"], r["t_high"]) for r in casc], "hoverinfo": "text+x+y"},
+        {"type": "scatter", "x": [r["latency_ms"] for r in front], "y": [r["recall"] for r in front],
+         "mode": "lines+markers", "name": "Pareto front (recall vs mean latency)",
+         "line": {"color": "#0072B2", "shape": "hv"}, "marker": {"size": 8},
+         "text": [r["mode"] if r["mode"] != "cascade" else _fmt_pair(r["t_low"], r["t_high"]) for r in front],
+         "hoverinfo": "text+x+y"},
+    ]
+    for mode, colour, symbol in (("heatmap_only", "#000000", "diamond"), ("gate_only", "#E69F00", "square")):
+        r = next((r for r in rows if r["mode"] == mode), None)
+        if r is not None:
+            traces.append({"type": "scatter", "x": [r["latency_ms"]], "y": [r["recall"]], "mode": "markers",
+                           "name": mode, "marker": {"color": colour, "size": 12, "symbol": symbol}})
+    if auto is not None:
+        traces.append({"type": "scatter", "x": [auto[0]], "y": [auto[1]], "mode": "markers",
+                       "name": "automatic choice (saved)",
+                       "marker": {"color": "#009E73", "size": 13, "symbol": "triangle-up"}})
+    traces.append({"type": "scatter", "x": [point["latency_ms"]], "y": [point["recall"]], "mode": "markers",
+                   "name": "current point", "marker": {"color": "#D55E00", "size": 18, "symbol": "star",
+                                                       "line": {"color": "#000000", "width": 1}}})
+    layout = {"xaxis": {"title": {"text": "expected mean latency per image (ms, batch 1)"}},
+              "yaxis": {"title": {"text": "recall (val_mix)"}}, "height": 380, "margin": {"t": 30, "b": 40},
+              "legend": {"orientation": "h", "y": -0.25}}
+    return fast_figure(traces, layout)
+
+
+def cascade_section(folder, heat_thr: float) -> None:
+    st.divider()
+    st.header("Cascade: gate thresholds")
+    state = cascade_state(folder)
+    if state is None:
+        st.info("No gate for this model yet. Fit one on the Data & models page (section 'Fit a gate'): the gate "
+                "decides the clear images, the heatmap model only the uncertain ones.")
+        link_home()
+        return
+    m = state.measured
+    if len(state) == 0:
+        st.warning("The gate's measurements are empty. Fix: fit the gate again.")
+        return
+    st.caption(f"Gate **{state.gate}**, measured once on val_mix ({len(state)} images, batch 1): gate "
+               f"{float(m.gate_ms.mean()):.2f} ms, heatmap model {float(m.heat_ms.mean()):.1f} ms per image on average. "
+               "Gate score < T_low → normal; > T_high → anomalous; in between the heatmap model decides at the "
+               f"heatmap threshold above ({heat_thr:.4g}). Moving these sliders only re-reads those cached numbers.")
+    key = f"cascade::{folder}"
+    saved = _pair(state.saved_policy)
+    if st.session_state.get(key) is None:
+        st.session_state[key] = saved
+    rows, front = cascade_sweep(state, heat_thr)
+
+    def set_pair(lo: float, hi: float) -> None:
+        lo, hi = float(min(max(lo, 0.0), 1.0)), float(min(max(hi, 0.0), 1.0))
+        st.session_state[key] = (min(lo, hi), max(lo, hi))
+
+    def from_range() -> None:
+        set_pair(*st.session_state["cas_range"])
+
+    def from_low() -> None:
+        set_pair(st.session_state["cas_low"], max(st.session_state["cas_low"], st.session_state[key][1]))
+
+    def from_high() -> None:
+        set_pair(min(st.session_state["cas_high"], st.session_state[key][0]), st.session_state["cas_high"])
+
+    def pick() -> None:
+        lo, hi, note = wb.cascade_pick_for_recall(rows, st.session_state["cas_recall"])
+        set_pair(lo, hi)
+        st.session_state["cas_message"] = note
+
+    def reset() -> None:
+        st.session_state[key] = saved
+
+    lo, hi = st.session_state[key]
+    st.session_state["cas_range"] = (lo, hi)
+    st.session_state["cas_low"] = lo
+    st.session_state["cas_high"] = hi
+    c1, c2, c3 = st.columns([4, 1, 1])
+    c1.slider("T_low / T_high (calibrated gate score, 0-1)", min_value=0.0, max_value=1.0, step=0.001,
+              key="cas_range", on_change=from_range, format="%.3f")
+    c2.number_input("T_low", min_value=0.0, max_value=1.0, step=0.001, format="%.4f", key="cas_low",
+                    on_change=from_low)
+    c3.number_input("T_high", min_value=0.0, max_value=1.0, step=0.001, format="%.4f", key="cas_high",
+                    on_change=from_high)
+    c4, c5, c6, c7 = st.columns(4)
+    c4.number_input("Target recall (cascade)", min_value=0.0, max_value=1.0, value=0.95, step=0.01, key="cas_recall")
+    c5.button("Pick for target recall", key="cas_pick", on_click=pick,
+              help="The cascade's automatic choice: the lowest mean latency whose val_mix recall reaches the "
+                   "target and whose precision stays within 0.05 of the heatmap model alone.")
+    c6.button("Back to saved", key="cas_reset", on_click=reset)
+    save = c7.button("Save T_low/T_high into model", type="primary", key="cas_save")
+    if msg := st.session_state.pop("cas_message", None):
+        st.info(msg)
+    lo, hi = st.session_state[key]
+    if save:
+        try:
+            wb.save_cascade_policy(folder, lo, hi, heat_thr, source="set in the app on val_mix")
+            st.success(f"Saved {_fmt_pair(lo, hi)} (heatmap threshold {heat_thr:.6g}) into "
+                       f"{wb.cascade_dir(folder) / 'cascade.json'}.")
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+
+    p = wb.cascade_point(m, lo, hi, heat_thr)
+    base = next(r for r in rows if r["mode"] == "heatmap_only")
+    k1, k2, k3, k4, k5, k6 = st.columns(6)
+    k1.metric("Accuracy", f"{p['accuracy']:.3f}")
+    k2.metric("Precision", f"{p['precision']:.3f}")
+    k3.metric("Recall", f"{p['recall']:.3f}", f"{p['recall'] - base['recall']:+.3f} vs heatmap only",
+              delta_color="normal")
+    k4.metric("F1", f"{p['f1']:.3f}")
+    k5.metric("Heatmap call rate", f"{p['heatmap_call_rate']:.1%}")
+    k6.metric("Expected mean latency", f"{p['latency_ms']:.1f} ms",
+              f"{p['latency_ms'] - base['latency_ms']:+.1f} ms vs heatmap only", delta_color="inverse")
+    st.caption(f"Cascade confusion matrix on val_mix ({len(state)} images) at {_fmt_pair(lo, hi)}: gate says normal "
+               f"{p['gate_normal_rate']:.0%}, anomalous {p['gate_anomalous_rate']:.0%}, heatmap model decides "
+               f"{p['heatmap_call_rate']:.0%}.")
+    st.dataframe(
+        pd.DataFrame(
+            {"predicted anomalous": [p["tp"], p["fp"]], "predicted normal": [p["fn"], p["tn"]]},
+            index=["actual anomalous", "actual normal"],
+        ),
+        key="cas_matrix",
+    )
+    auto = None
+    choice = (state.config.get("choice") or {}).get("chosen")
+    if choice:
+        auto = (float(choice["latency_ms"]), float(choice["recall"]))
+    st.plotly_chart(pareto_figure(rows, front, p, auto), key="cas_pareto")
+    src = state.config.get("policy_source") or "the automatic choice when the gate was fitted"
+    st.caption(f"Saved: {_fmt_pair(*saved)} ({src}). The sweep and its front use the heatmap threshold above.")
 
 
 main()

@@ -18,6 +18,7 @@ from pages import (
     scores_for,
     setup,
     show_error,
+    splits_of,
     working_threshold,
 )
 
@@ -43,7 +44,7 @@ def main() -> None:
                    "Fix: restore it, or use the Score images page for single images.")
         return
     norm = wb.normalisation_of(folder)
-    splits = wb.dataset_splits(root)
+    splits = splits_of(root)
     c1, c2, c3 = st.columns([1, 2, 2])
     split = c1.selectbox("Split", splits, index=0, key="hm_split")
     res = scores_for(folder, info, root, split)
@@ -63,7 +64,7 @@ def main() -> None:
     order = c5.radio("Sort", ["highest first", "lowest first"], key="hm_sort")
     pix = c6.number_input("Pixel threshold", 0.1, 5.0, 1.0, 0.1, key="hm_pix",
                           help="On the normalised map: 1 = the 99.9th percentile of held-out normal pixels.")
-    per_page = int(c7.selectbox("Shown", [8, 12, 24, 48], index=1, key="hm_n"))
+    per_page = int(c7.selectbox("Shown", [8, 12, 24, 50], index=1, key="hm_n"))
 
     idx = [i for i in range(len(res)) if outs[i] in kinds and res.defects[i] in cls
            and rng[0] - 1e-9 <= res.scores[i] <= rng[1] + 1e-9]

@@ -2,7 +2,8 @@
 
 Streamlit lists every ``pages/*.py`` except ``__init__.py`` as a page, so this module is a helper, not a page.
 State is kept in ``st.session_state`` only (one browser session never sees another's choices); loaded models
-are shared read-only through ``st.cache_resource`` and scores through ``st.cache_data``.
+and scores are shared read-only through ``st.cache_resource`` (no copy per rerun: with thousands of scored images and
+their maps, unpickling a cache_data copy on every slider move would cost more than the page itself).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from core import workbench as wb
 from core.errors import WorkbenchError
 
 HOME = "app.py"
+HOME_PAGE = None  # the home st.Page, set by app.py (the navigation) on every run
 
 
 def setup(title: str, icon: str = "🔍") -> None:
@@ -57,6 +59,14 @@ def guarded(fn: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
+def link_home(label: str = "Go to Data & models") -> None:
+    """A link to the home page (plain text where the page runs outside a multipage app, e.g. in AppTest)."""
+    try:
+        st.page_link(HOME_PAGE or HOME, label=label, icon=":material/home:")
+    except Exception:  # noqa: BLE001
+        st.caption(f"{label}: the first page in the sidebar.")
+
+
 def current_model() -> Path | None:
     """The model this session works with (set on the home page), if it still exists."""
     p = st.session_state.get("model_dir")
@@ -81,7 +91,7 @@ def require_model() -> tuple[Path, wb.ModelInfo]:
             st.caption(f"Using the newest saved model, {good[0].name!r} (change it on the home page).")
         else:
             st.info("No model yet. Fit one on the home page: one click fits PatchCore on the built-in demo.")
-            st.page_link(HOME, label="Go to Data & models", icon="🏠")
+            link_home()
             st.stop()
     info = wb.model_info(folder)
     if info.error:
@@ -100,8 +110,8 @@ def model(folder: Path, info: wb.ModelInfo):
     return load_model(str(folder), info.stamp)
 
 
-@st.cache_data(show_spinner="Scoring the split (features come from the disk cache after the first time)…",
-               max_entries=24)
+@st.cache_resource(show_spinner="Scoring the split (features come from the disk cache after the first time)…",
+                   max_entries=24)
 def split_scores(folder: str, arrays_key: str, dataset: str, split: str, limit: int | None = None) -> wb.SplitScores:
     """Scores of one split: keyed by model folder + arrays hash + dataset + split, so moving a threshold or
     saving one never rescores (the threshold is not part of the key)."""
@@ -112,6 +122,35 @@ def split_scores(folder: str, arrays_key: str, dataset: str, split: str, limit: 
 
 def scores_for(folder: Path, info: wb.ModelInfo, dataset: str | Path, split: str, limit: int | None = None):
     return split_scores(str(folder), info.stamp.split(":")[0], str(dataset), split, limit)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _cascade_state(folder: str, stamp: str) -> wb.CascadeState | None:
+    return wb.load_cascade(folder)
+
+
+def cascade_state(folder: Path) -> wb.CascadeState | None:
+    """The model's fitted gate and its per-image measurements (read once per cascade stamp, shared read-only)."""
+    stamp = wb.cascade_stamp(folder)
+    return None if stamp is None else _cascade_state(str(folder), stamp)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _cascade_sweep(folder: str, stamp: str, heat_threshold: float, heat_scale: float):
+    state = _cascade_state(folder, stamp)
+    return wb.cascade_sweep(state.measured, heat_threshold, heat_scale)
+
+
+def cascade_sweep(state: wb.CascadeState, heat_threshold: float) -> tuple[list[dict], list[dict]]:
+    """Sweep rows and Pareto front at this heatmap threshold: computed once per threshold, not per slider move."""
+    return _cascade_sweep(str(state.folder), state.stamp, float(heat_threshold),
+                          float(state.saved_policy.get("heat_scale", 1.0)))
+
+
+@st.cache_data(show_spinner=False, ttl=60, max_entries=32)
+def splits_of(root: str) -> list[str]:
+    """Non-empty splits of a dataset (indexed at most once a minute, not on every slider move)."""
+    return wb.dataset_splits(root)
 
 
 def model_dataset(info: wb.ModelInfo) -> str | None:
@@ -138,21 +177,30 @@ def model_badge(info: wb.ModelInfo, threshold: float | None = None) -> None:
                f"threshold {t:.4g}{extra}")
 
 
+def fast_figure(traces: list[dict], layout: dict) -> go.Figure:
+    """A plotly figure from plain dicts without plotly's per-property validation (tens of ms per rerun otherwise:
+    the pages redraw their charts on every slider move). The dicts are written by hand here, so they are valid."""
+    return go.Figure(data=traces, layout=layout, _validate=False)
+
+
+def threshold_line(x: float, text: str) -> tuple[dict, dict]:
+    """A dashed vertical line at ``x`` and its label (a layout shape and annotation, like ``add_vline``)."""
+    return ({"type": "line", "x0": x, "x1": x, "xref": "x", "y0": 0, "y1": 1, "yref": "paper",
+             "line": {"dash": "dash", "color": "#000000"}},
+            {"x": x, "xref": "x", "y": 1, "yref": "paper", "text": text, "showarrow": False, "yanchor": "bottom"})
+
+
 def histogram(groups: dict[str, np.ndarray], threshold: float, log: bool) -> go.Figure:
     colours = wb.group_colours(list(groups))
     allv = np.concatenate(list(groups.values()))
     lo, hi = float(allv.min()), float(allv.max())
     size = (hi - lo) / 40 if hi > lo else 1.0
-    fig = go.Figure()
-    for name, vals in groups.items():
-        fig.add_trace(go.Histogram(
-            x=vals, name=f"{name} ({len(vals)})", marker_color=colours[name], opacity=0.6,
-            xbins=dict(start=lo, end=hi + size, size=size),
-        ))
-    fig.add_vline(x=threshold, line_dash="dash", line_color="#000000",
-                  annotation_text=f"threshold {threshold:.4g}", annotation_position="top")
-    fig.update_layout(barmode="overlay", xaxis_title="raw anomaly score", yaxis_title="images",
-                      legend_title_text="", height=380, margin=dict(t=30, b=40))
-    if log:
-        fig.update_yaxes(type="log")
-    return fig
+    traces = [{"type": "histogram", "x": vals, "name": f"{name} ({len(vals)})", "marker": {"color": colours[name]},
+               "opacity": 0.6, "xbins": {"start": lo, "end": hi + size, "size": size}}
+              for name, vals in groups.items()]
+    shape, note = threshold_line(threshold, f"threshold {threshold:.4g}")
+    layout = {"barmode": "overlay", "xaxis": {"title": {"text": "raw anomaly score"}},
+              "yaxis": {"title": {"text": "images"}, **({"type": "log"} if log else {})},
+              "legend": {"title": {"text": ""}}, "height": 380, "margin": {"t": 30, "b": 40},
+              "shapes": [shape], "annotations": [note]}
+    return fast_figure(traces, layout)

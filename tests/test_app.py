@@ -184,6 +184,83 @@ def test_threshold_slider_changes_confusion_and_saves(fitted):
     assert wb.load_model(fitted).threshold == pytest.approx(target)
 
 
+def _cascade_numbers(at: AppTest) -> dict[str, str]:
+    out = {m.label: m.value for m in at.metric if m.label in ("Heatmap call rate", "Expected mean latency")}
+    out["matrix"] = str(_cascade_matrix(at))
+    return out
+
+
+def _cascade_matrix(at: AppTest):
+    hits = [df.value for df in at.dataframe if "predicted anomalous" in df.value.columns]
+    assert len(hits) == 2, "heatmap and cascade confusion matrices"
+    return hits[1].to_numpy().tolist()
+
+
+def test_gate_fit_and_cascade_thresholds(fitted, monkeypatch):
+    import json
+
+    # no gate yet: the Thresholds page points home
+    at = _page("pages/3_Thresholds.py", fitted).run()
+    _no_exceptions(at)
+    assert any("Fit a gate" in i.value for i in at.info)
+
+    # fit the (nearly free) stats gate from the home page
+    at = _page("app.py", fitted).run()
+    at.selectbox(key="gate_kind").set_value("stats")
+    at.button(key="gate_go").click().run(timeout=TIMEOUT)
+    _no_exceptions(at)
+    assert not _errors(at), _errors(at)
+    assert any("Fitted the **stats** gate" in s.value for s in at.success)
+    cdir = wb.cascade_dir(fitted)
+    assert (cdir / "gate" / "config.json").is_file() and (cdir / "measured_val_mix.csv").is_file()
+
+    # slider moves never call a model: forbid scoring and gate calls from here on
+    def boom(*a, **k):
+        raise AssertionError("a model was called on a slider move")
+
+    at = _page("pages/3_Thresholds.py", fitted).run()
+    _no_exceptions(at)
+    assert not _errors(at), _errors(at)
+    from core.cascade.gates.base import Gate
+    from core.detectors import PatchCore
+
+    monkeypatch.setattr(Gate, "score_images", boom)
+    monkeypatch.setattr(PatchCore, "score_images", boom)
+    monkeypatch.setattr(PatchCore, "score_paths", boom)
+    monkeypatch.setattr(wb, "score_split", boom)
+
+    at.slider(key="cas_range").set_value((0.0, 1.0)).run()
+    _no_exceptions(at)
+    all_heat = _cascade_numbers(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Heatmap call rate"] == "100.0%"
+    at.slider(key="cas_range").set_value((0.5, 0.5)).run()
+    _no_exceptions(at)
+    gate_mostly = _cascade_numbers(at)
+    assert gate_mostly != all_heat
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Heatmap call rate"] != "100.0%"
+    assert at.number_input(key="cas_low").value == pytest.approx(0.5)
+
+    at.number_input(key="cas_low").set_value(0.1).run()
+    assert at.slider(key="cas_range").value == pytest.approx((0.1, 0.5))
+
+    at.number_input(key="cas_recall").set_value(0.5)
+    at.button(key="cas_pick").click().run()
+    _no_exceptions(at)
+    assert at.info, "the pick explains its choice"
+
+    at.slider(key="cas_range").set_value((0.2, 0.7)).run()
+    at.button(key="cas_save").click().run()
+    _no_exceptions(at)
+    assert not _errors(at), _errors(at)
+    pol = json.loads((cdir / "cascade.json").read_text())["policy"]
+    assert (pol["mode"], pol["t_low"], pol["t_high"]) == ("cascade", pytest.approx(0.2), pytest.approx(0.7))
+    from core.cascade import Policy
+
+    Policy(**pol)  # loads as a valid policy
+
+
 def test_heatmaps_page(fitted):
     at = _page("pages/4_Heatmaps.py", fitted).run()
     _no_exceptions(at)
@@ -296,3 +373,24 @@ def test_threshold_for_recall():
     assert wb.threshold_for_recall(labels, scores, 1.0) == 0.2
     assert wb.threshold_for_recall(labels, scores, 0.75) == 0.6
     assert wb.threshold_for_recall(labels, scores, 0.5) == 0.7
+
+
+def test_fast_cascade_sweep_matches_the_engine():
+    """The page's prefix-sum sweep gives the engine's rows and Pareto front (p95 latency aside)."""
+    from core.cascade import Measured, pareto_front, sweep
+
+    rng = np.random.default_rng(0)
+    n = 400
+    m = Measured(rng.integers(0, 2, n), np.round(rng.random(n), 2), rng.random(n), rng.normal(30, 2, n),
+                 20 + 10 * rng.random(n))
+    for thr in (28.0, 30.0, 33.0):
+        ref = sweep(m, thr)
+        rows, front = wb.cascade_sweep(m, thr)
+        assert len(rows) == len(ref)
+        for a, b in zip(ref, rows):
+            for k, v in a.items():
+                if k == "latency_p95_ms" and a["mode"] == "cascade":
+                    continue
+                assert b[k] == pytest.approx(v, abs=1e-12) if isinstance(v, float) else b[k] == v, (k, a, b)
+        key = lambda r: (r["mode"], r["t_low"], r["t_high"], r["gate_threshold"])  # noqa: E731
+        assert [key(r) for r in front] == [key(r) for r in pareto_front(ref)]

@@ -82,6 +82,12 @@ class MemoryBankIndex:
         d, i = self.index.search(q, k)
         return np.maximum(d, 0.0), i
 
+    def ivf_bytes(self) -> int:
+        """Bytes of the IVF-PQ part alone (codes, lists, quantiser), without the re-rank copy of the bank."""
+        import faiss
+
+        return int(faiss.serialize_index(self.ivf).size)
+
     def memory_bytes(self) -> int:
         """Bytes the index holds (codes + lists for IVF-PQ; the raw bank for flat or re-rank)."""
         import faiss

@@ -126,6 +126,7 @@ class FeatureCache:
     def evict(self, limit_bytes: int | None = None) -> int:
         """Delete least recently used entries until the cache is under the limit; returns how many."""
         limit = self.limit_bytes if limit_bytes is None else limit_bytes
+        self._remove_stale_temps()
         entries = sorted(self.entries(), key=lambda e: e[2])
         total = sum(e[1] for e in entries)
         removed = 0
@@ -137,6 +138,23 @@ class FeatureCache:
             removed += 1
         self.stats.evicted += removed
         return removed
+
+    def _remove_stale_temps(self, max_age_s: float = 3600.0) -> int:
+        """Temp files of writers killed mid-write (``.<key>.safetensors.*.tmp``) older than ``max_age_s``.
+
+        A live writer renames its temp file within moments, so an hour-old one belongs to a dead process.
+        """
+        if not self.root.is_dir():
+            return 0
+        now, n = time.time(), 0
+        for path in self.root.glob("*/.*.tmp"):
+            try:
+                if now - path.stat().st_mtime > max_age_s:
+                    path.unlink(missing_ok=True)
+                    n += 1
+            except OSError:
+                continue
+        return n
 
     def info(self) -> dict[str, object]:
         """Entry count, size and limit, for ``python -m core cache info``."""
