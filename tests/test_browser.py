@@ -11,6 +11,7 @@ when missing. A missing browser is a failure, never a skip. The server is stoppe
 from __future__ import annotations
 
 import os
+import tempfile
 import re
 import shutil
 import signal
@@ -26,7 +27,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"]
-SCREENSHOT = ROOT / "assets" / "screenshot.png"
+# README's screenshot is refreshed only on request (WORKBENCH_SCREENSHOT=1 make test), so that a plain test run
+# leaves the working tree clean; otherwise the picture goes to a temporary folder and is still checked.
+SCREENSHOT = (ROOT / "assets" if os.environ.get("WORKBENCH_SCREENSHOT") else Path(tempfile.gettempdir())) / "screenshot.png"
 FIT_TIMEOUT_MS = 240_000
 STEP_TIMEOUT_MS = 60_000
 
