@@ -169,6 +169,11 @@ def test_app_in_a_real_browser(server):
             assert after != before, (before, after)
             assert rate(after) < rate(before), ("fewer images go to the heatmap model once T_high drops", before, after)
 
+            # 2b. Scores: the histogram and ROC/PR charts draw
+            _goto(page, "Scores")
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=FIT_TIMEOUT_MS)
+            assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2, "histogram and curves are drawn"
+
             # 3. Score images: upload a defect image and see its heatmap overlay
             _goto(page, "Score images")
             demo = ROOT / "demo_data" / "demo_surface" / "test"
