@@ -37,7 +37,7 @@ SMALL = dict(n_train=6, n_test_good=6, n_test_defect=9, size=64)
 def _shared(name: str) -> Path:
     p = SHARED / name
     if not p.is_dir():
-        pytest.skip(f"{p} not present on this machine")
+        pytest.fail(f"real test data missing: {p} (see ../shared/datasets/README.md)")
     return p
 
 
