@@ -62,17 +62,12 @@ def models_dir() -> Path:
 def list_datasets() -> dict[str, Path]:
     """Name -> folder: the demo first, then folders under the data roots, then uploaded zips.
 
-    A folder reachable under two names (the demo is also ``demo_surface`` under ``demo_data``) is listed once.
+    ``available_datasets`` already lists each folder once; an upload that is one of them is not repeated.
     """
     from core.data.locate import available_datasets
 
-    out: dict[str, Path] = {}
-    seen: set[Path] = set()
-    for name, path in available_datasets().items():
-        real = path.resolve()
-        if real not in seen:
-            seen.add(real)
-            out[name] = path
+    out: dict[str, Path] = dict(available_datasets())
+    seen = {path.resolve() for path in out.values()}
     if UPLOADS_DIR.is_dir():
         for sub in sorted(UPLOADS_DIR.iterdir()):
             if sub.name.startswith(".") or not sub.is_dir():

@@ -9,16 +9,19 @@ from core.errors import DatasetError
 
 
 def available_datasets() -> dict[str, Path]:
-    """Name -> folder for the demo and every dataset folder under the data roots."""
+    """Name -> folder for the demo and every dataset folder under the data roots, each folder listed once."""
     from core.data.demo import ensure_demo
 
     found: dict[str, Path] = {"demo": ensure_demo()}
+    seen = {found["demo"].resolve()}  # a folder reachable under two names (demo = demo_data/demo_surface) once
     for root in DATA_ROOTS:
         if not root.is_dir():
             continue
         for sub in sorted(root.iterdir()):
             if sub.is_dir() and not sub.name.startswith(".") and ((sub / "test").is_dir() or (sub / "train").is_dir()):
-                found.setdefault(sub.name, sub)
+                if sub.name not in found and sub.resolve() not in seen:
+                    seen.add(sub.resolve())
+                    found[sub.name] = sub
     return found
 
 
