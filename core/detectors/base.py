@@ -171,7 +171,7 @@ class HeatmapDetector:
             maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
             n_calib = len(calib_idx)
         else:
-            cal = self.score_paths(calib_paths, cache=cache, progress=progress, normalise=False)
+            cal = self.score_paths(calib_paths, cache=cache, progress=progress)
             skipped.update({calib_paths[i]: msg for i, msg in cal.errors.items()})
             if len(cal.ok) == 0:
                 raise DatasetError("No held-out normal image could be read.", "Add readable normal images.")
@@ -199,7 +199,6 @@ class HeatmapDetector:
         paths: Sequence[str | Path],
         cache: FeatureCache | None = None,
         progress: ProgressFn = no_progress,
-        normalise: bool = True,
         batch_size: int = 64,
     ) -> ScoreResult:
         """Score image files in chunks (bounded memory); unreadable files are reported, not fatal.
