@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from peer.proc_stats import peak_rss_bytes  # noqa: E402  (benchmarks/ is the script folder)
 
 PEER_DIR = ROOT / "benchmarks" / "peer"
 PEER_VENV = ROOT / ".venv-peer"
@@ -131,16 +132,6 @@ def reset_peak_rss() -> None:
         pass
 
 
-def peak_rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict:

@@ -24,13 +24,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from proc_stats import peak_rss_bytes  # noqa: E402  (same folder)
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -43,15 +43,6 @@ def log(msg: str) -> None:
     print(f"[peer] {msg}", file=sys.stderr, flush=True)
 
 
-def peak_rss_bytes() -> int:
-    """VmHWM of this process (the orchestrator resets nothing here: one model per process)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def decode(path: str) -> Image.Image:
