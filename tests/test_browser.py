@@ -171,7 +171,9 @@ def test_app_in_a_real_browser(server):
 
             # 2b. Scores: the histogram and ROC/PR charts draw
             _goto(page, "Scores")
-            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=FIT_TIMEOUT_MS)
+            # the charts arrive one after another: wait for the second before counting
+            page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(timeout=FIT_TIMEOUT_MS)
+            _idle(page)
             assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2, "histogram and curves are drawn"
 
             # 3. Score images: upload a defect image and see its heatmap overlay
