@@ -93,10 +93,18 @@ class DatasetOverview:
     warnings: list[str]
 
 
+def check_browsable(root: str | Path) -> Path:
+    """``root`` resolved, if the app may read it (under a data root, the demo or the uploads); else a DatasetError."""
+    from core.data.locate import check_browsable as check
+
+    return check(root, extra=(UPLOADS_DIR,))
+
+
 def dataset_overview(root: str | Path) -> DatasetOverview:
     """Splits and class counts of a dataset folder (no image is decoded)."""
     from core.data import index_dataset
 
+    check_browsable(root)
     index = index_dataset(root)
     classes = sorted(index.class_counts())
     rows = []
@@ -123,6 +131,7 @@ def thumbnails(root: str | Path, per_class: int = 2, size: int = 128) -> list[tu
     from core.data import index_dataset, read_image, read_mask
     from core.visualize import overlay
 
+    check_browsable(root)
     index = index_dataset(root)
     by_class: dict[str, list] = {}
     for rec in index.records:
@@ -657,6 +666,7 @@ def score_split(
     from core.data import index_dataset
     from core.features import FeatureCache
 
+    check_browsable(dataset_root)
     det = det or load_model(folder)
     index = index_dataset(dataset_root)
     records = index.split(split)
@@ -693,6 +703,7 @@ def dataset_splits(dataset_root: str | Path) -> list[str]:
     """Non-empty splits of a dataset, ``test`` first."""
     from core.data import index_dataset
 
+    check_browsable(dataset_root)
     index = index_dataset(dataset_root)
     names = [s for s, idx in index.splits.items() if idx]
     return sorted(names, key=lambda s: (s != "test", s))

@@ -154,10 +154,15 @@ def splits_of(root: str) -> list[str]:
 
 
 def model_dataset(info: wb.ModelInfo) -> str | None:
-    """The dataset the model was fitted on, when that folder still exists."""
-    if info.dataset and Path(info.dataset).is_dir():
-        return info.dataset
-    return None
+    """The dataset the model was fitted on, when that folder still exists and the app may read it."""
+    if not (info.dataset and Path(info.dataset).is_dir()):
+        return None
+    try:
+        wb.check_browsable(info.dataset)
+    except WorkbenchError as exc:  # a model made elsewhere pointing at a folder outside the data roots
+        st.warning(f"Model {info.name}: {exc}")
+        return None
+    return info.dataset
 
 
 def threshold_key(folder: Path) -> str:

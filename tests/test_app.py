@@ -279,34 +279,10 @@ def test_heatmaps_page(fitted):
 # Score images (uploads)
 
 
-_HARNESS = """
-import streamlit as st
+def _score_page_with_uploads(tmp_path: Path, files: list[tuple[str, bytes]], model_dir: Path) -> AppTest:
+    from tests.app_harness import score_page_with_uploads
 
-
-class _Upload:
-    def __init__(self, name, data):
-        self.name, self._data, self.size = name, data, len(data)
-
-    def getvalue(self):
-        return self._data
-
-
-_real = st.file_uploader
-st.file_uploader = lambda *a, **k: [_Upload(n, d) for n, d in FILES]
-try:
-    with open(PAGE, encoding="utf-8") as fh:
-        exec(compile(fh.read(), PAGE, "exec"), {"__name__": "__main__", "__file__": PAGE})
-finally:
-    st.file_uploader = _real
-"""
-
-
-def _score_page_with_uploads(tmp_path: Path, files: list[tuple[str, bytes]]) -> AppTest:
-    """The Score images page with st.file_uploader returning the given (name, bytes) pairs (AppTest cannot
-    drive the real uploader); everything after the upload is the real page and the real model."""
-    script = tmp_path / "score_images_harness.py"
-    script.write_text(f"FILES = {files!r}\nPAGE = {str(ROOT / 'pages/5_Score_images.py')!r}\n" + _HARNESS)
-    return AppTest.from_file(str(script), default_timeout=TIMEOUT)
+    return score_page_with_uploads(tmp_path, files, model_dir, timeout=TIMEOUT)[0]
 
 
 def test_bad_upload_shows_error_while_good_one_is_scored(fitted, demo_root, tmp_path):
@@ -316,8 +292,7 @@ def test_bad_upload_shows_error_while_good_one_is_scored(fitted, demo_root, tmp_
         ("notes.png", b"this is a text file renamed to png\n" * 3),
         ("broken.png", good[:300]),
     ]
-    at = _score_page_with_uploads(tmp_path, files)
-    at.session_state["model_dir"] = str(fitted)
+    at = _score_page_with_uploads(tmp_path, files, fitted)
     at.run()
     _no_exceptions(at)
     errs = _errors(at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from core.config import DATA_ROOTS
@@ -42,4 +43,29 @@ def resolve_dataset(name_or_path: str | Path) -> Path:
         f"No dataset folder {str(name_or_path)!r}: it is neither a folder nor a name under "
         f"{', '.join(str(r) for r in DATA_ROOTS)}.",
         f"Give a folder in MVTec or folder-per-label layout, or one of: {names}.",
+    )
+
+
+def browsable_roots(extra: tuple[Path, ...] = ()) -> list[Path]:
+    """The folders the app may read datasets from: the data roots, the demo and ``extra`` (e.g. the uploads)."""
+    from core.data.demo import demo_root
+
+    return [Path(p).resolve() for p in (*DATA_ROOTS, demo_root(), *extra)]
+
+
+def check_browsable(path: str | Path, extra: tuple[Path, ...] = ()) -> Path:
+    """``path`` resolved, if it lies under one of :func:`browsable_roots`; else a DatasetError.
+
+    The app reads dataset folders named by session state and by model files (a model records the folder it
+    was fitted on); a model made elsewhere must not point the app at an arbitrary folder on this machine.
+    Symbolic links are resolved first, so a link under a data root that leads outside is refused too.
+    """
+    p = Path(path).expanduser().resolve()
+    roots = browsable_roots(extra)
+    if any(p == r or r in p.parents for r in roots):
+        return p
+    raise DatasetError(
+        f"The folder {str(path)!r} is outside the folders the app may read ({', '.join(map(str, roots))}).",
+        "Put the dataset under a data root (or list its parent in WORKBENCH_DATA_ROOTS, separated by "
+        f"{os.pathsep!r}) and restart the app, or upload it as a zip.",
     )
