@@ -127,6 +127,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps({k: m.get(k) for k in keys}, indent=2))
     if m.get("warning"):
         print(f"WARNING: {m['warning']}", file=sys.stderr)
+    for msg in m.get("mask_problems", []):
+        print(f"WARNING: {msg}", file=sys.stderr)
     print(f"wrote {Path(args.out) / 'metrics.json'}, scores.csv, overlays/ and model/")
     return 0
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from core.data import DatasetIndex, index_dataset, read_image, read_mask
 from core.detectors import HeatmapDetector
@@ -39,10 +40,14 @@ class Evaluation:
     metrics: dict[str, Any]
 
 
-def ground_truth_masks(index: DatasetIndex, records, size: int) -> tuple[np.ndarray, np.ndarray]:
+def ground_truth_masks(
+    index: DatasetIndex, records, size: int, problems: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Masks at ``size`` x ``size`` (nearest) and which images have usable pixel ground truth.
 
-    Normal images get an empty mask; defect images without a mask file are left out of pixel metrics.
+    Normal images get an empty mask; defect images without a mask file are left out of pixel metrics, and so
+    are those whose mask cannot be read or has another size than its image (never resized to fit: a mask of
+    the wrong size marks the wrong pixels). Each such mask adds a message naming it to ``problems``.
     """
     masks = np.zeros((len(records), size, size), dtype=bool)
     usable = np.zeros(len(records), dtype=bool)
@@ -53,10 +58,28 @@ def ground_truth_masks(index: DatasetIndex, records, size: int) -> tuple[np.ndar
         mp = index.mask_path(rec)
         if mp is None:
             continue
-        m = read_mask(mp)
+        try:
+            m = read_mask(mp, shape=_image_shape(index.abs_path(rec)))
+        except WorkbenchError as exc:
+            if problems is not None:
+                problems.append(f"{exc} Left out of the pixel metrics.")
+            continue
         masks[i] = cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
         usable[i] = True
     return masks, usable
+
+
+def _image_shape(path) -> tuple[int, int] | None:
+    """(H, W) from the image header (nothing decoded), or None when it cannot be read (the image itself is then
+    reported by the scoring step)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # read_image applies EXIF rotation: 90 degrees swaps W, H
+                w, h = h, w
+            return int(h), int(w)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def timing_probe(det: HeatmapDetector, paths: list[str], n: int = 32, batch: int = 16) -> dict[str, float]:
@@ -95,7 +118,8 @@ def evaluate_split(
     labels = np.array([r.label for r in records])
     defects = [r.defect for r in records]
     im = image_metrics(labels, res.scores)
-    masks, usable = ground_truth_masks(index, records, det.image_size)
+    mask_problems: list[str] = []
+    masks, usable = ground_truth_masks(index, records, det.image_size, mask_problems)
     has_pixels = usable.any() and masks[usable].any()
     metrics: dict[str, Any] = {
         "split": split,
@@ -112,6 +136,7 @@ def evaluate_split(
         if (labels == 0).any() and (labels == 1).any()
         else {},
         "at_model_threshold": confusion_at(labels, res.scores, det.threshold),
+        "mask_problems": mask_problems,
     }
     if im.threshold is not None:
         metrics["at_f1_threshold"] = confusion_at(labels, res.scores, im.threshold)

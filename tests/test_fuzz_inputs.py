@@ -117,3 +117,27 @@ def test_cli_score_and_fit(tiny, work):
     _assert_clean(report, 3)
     csv_text = (work / "o.csv").read_text()
     assert "empty_0" in csv_text and "rgba_0" in csv_text
+
+
+def test_evaluation_leaves_out_a_wrong_size_mask_by_name(work):
+    """A mask whose size differs from its image is named and left out of the pixel metrics, never resized."""
+    import shutil
+
+    import cv2
+
+    from core.data import ensure_demo, index_dataset
+    from core.evaluation import ground_truth_masks
+
+    root = work / "masks_ds"
+    shutil.copytree(ensure_demo(), root)
+    bad = sorted((root / "ground_truth" / "crack").glob("*_mask.png"))[0]
+    m = cv2.imread(str(bad), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(bad), cv2.resize(m, (m.shape[1] // 2, m.shape[0] // 2), interpolation=cv2.INTER_NEAREST))
+    index = index_dataset(root)
+    records = index.split("test")
+    problems: list[str] = []
+    masks, usable = ground_truth_masks(index, records, 64, problems)
+    assert len(problems) == 1 and bad.name in problems[0] and "pixel metrics" in problems[0]
+    with_mask = [i for i, r in enumerate(records) if r.label == 1 and index.mask_path(r) is not None]
+    assert len(with_mask) - 1 == sum(usable[i] for i in with_mask), "only the bad mask is left out"
+    assert masks[usable].any()
