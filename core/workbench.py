@@ -437,7 +437,7 @@ def fit_model(
             fingerprint=index.fingerprint("train_normal"),
         )
     except DatasetError as exc:
-        raise _fit_error_with_files(exc, index.root, paths) from None
+        raise _fit_error_with_files(exc, index.root) from None
     wall = time.perf_counter() - t0
     rep = report.to_dict()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
@@ -453,21 +453,9 @@ def fit_model(
     return FitOutcome(final, rep, wall)
 
 
-def _fit_error_with_files(exc: DatasetError, root: Path, paths: Sequence[str], show: int = 5) -> DatasetError:
-    """The engine's fit error, naming the dataset and (when images were unreadable) the first few files and why."""
-    from core.data import read_image
-
-    problems: list[str] = []
-    if "could be read" in exc.problem:
-        for p in paths:
-            try:
-                read_image(p)
-            except WorkbenchError as e:
-                problems.append(e.problem)
-                if len(problems) >= show:
-                    break
-    detail = (" " + " ".join(problems) + (" ..." if len(problems) >= show else "")) if problems else ""
-    return DatasetError(f"Cannot fit on dataset {root}: {exc.problem}{detail}", exc.fix)
+def _fit_error_with_files(exc: DatasetError, root: Path) -> DatasetError:
+    """The engine's fit error (which names unreadable files itself), prefixed with the dataset."""
+    return DatasetError(f"Cannot fit on dataset {root}: {exc.problem}", exc.fix)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -165,3 +165,16 @@ def test_cli_refuses_foreign_model_folder(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "pickled files are never loaded" in err and "Traceback" not in err
+
+
+def test_fit_with_too_few_readable_images_names_each_bad_file(data, tmp_path):
+    from core.errors import DatasetError
+
+    good = data[0][0]
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image\n")
+    det = PatchCore(PatchCoreConfig(ratio=0.05))
+    with pytest.raises(DatasetError) as err:
+        det.fit([str(good), str(tmp_path / "empty.png"), str(tmp_path / "notes.png")])
+    msg = str(err.value)
+    assert "1 of 3" in msg and "empty.png" in msg and "notes.png" in msg

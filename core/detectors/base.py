@@ -158,7 +158,13 @@ class HeatmapDetector:
         seconds = {"extract": time.perf_counter() - t0}
         skipped = {fit_paths[i]: msg for i, msg in res.errors.items()}
         if len(res.ok) < 2:
-            raise DatasetError("Fewer than 2 training images could be read.", "See the messages for each file.")
+            shown = list(skipped.values())[:5]
+            more = f" (and {len(skipped) - len(shown)} more)" if len(skipped) > len(shown) else ""
+            raise DatasetError(
+                f"Fewer than 2 training images could be read ({len(res.ok)} of {len(fit_paths)}): "
+                + " ".join(shown) + more,
+                "Fix or replace the files named above, or add readable normal images.",
+            )
         seconds.update(self._fit_embeddings(res.features, progress))
         self.train_paths = [fit_paths[i] for i in res.ok]
         self.train_fingerprint = fingerprint
