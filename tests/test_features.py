@@ -85,3 +85,21 @@ def test_unreadable_file_is_reported_and_others_extracted(images, tmp_cache, tmp
     assert res.ok == [0, 2]
     assert "zero.png" in res.errors[1]
     assert res.features["blocks.2"].shape[0] == 2
+
+
+def test_unwritable_cache_still_extracts(images, tmp_path):
+    """A cache that cannot be written (here: its root is a file; in the field: a full disk) warns once and the
+    features are still computed and returned."""
+    from core.features import FeatureCache
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    cache = FeatureCache(root=blocker / "features")
+    ext = _extractor(cache)
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        res = ext.extract_paths(images)
+    assert len(res.ok) == len(images) and not res.errors
+    assert cache.stats.write_errors == len(images)
+    reference = _extractor(None).extract_paths(images)
+    for name in ext.spec.layers:
+        np.testing.assert_allclose(res.features[name], reference.features[name], rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +53,11 @@ class CacheStats:
     misses: int = 0
     corrupt: int = 0
     evicted: int = 0
+    write_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return dict(hits=self.hits, misses=self.misses, corrupt=self.corrupt, evicted=self.evicted)
+        return dict(hits=self.hits, misses=self.misses, corrupt=self.corrupt, evicted=self.evicted,
+                    write_errors=self.write_errors)
 
 
 @dataclass
@@ -104,7 +107,17 @@ class FeatureCache:
 
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         blob = save(arrays, metadata={"sha256": _payload_digest(arrays)})
-        atomic_write_bytes(self._path(key), blob)
+        try:
+            atomic_write_bytes(self._path(key), blob)
+        except OSError as exc:  # disk full, read-only or no rights: the features are still returned, not cached
+            self.stats.write_errors += 1
+            if self.stats.write_errors == 1:
+                warnings.warn(
+                    f"Feature cache {self.root} cannot be written ({exc}); features are computed without caching. "
+                    "Fix: free disk space or point WORKBENCH_CACHE at a writable folder.",
+                    RuntimeWarning, stacklevel=2,
+                )
+            return
         self._written_since_check += 1
         if self._written_since_check >= 64:
             self._written_since_check = 0
