@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import scipy.linalg
+import torch
 
 from core.cli import main as cli_main
 from core.data import index_dataset
@@ -130,15 +131,21 @@ def test_padim_separates_real_defects(data, cache, tmp_path):
     np.testing.assert_allclose(again.scores, res.scores[:3], rtol=1e-4)
 
 
-def test_padim_batched_inverse_matches_scipy():
-    """numpy's batched inverse on PaDiM-sized SPD matrices agrees with scipy (the peer's torch one did not)."""
+@pytest.mark.parametrize("n, d", [(200, 100), (676, 152)])
+def test_padim_statistics_match_scipy(n, d):
+    """The batched float64 Cholesky inverse agrees with scipy on PaDiM's sizes, 152 channels included (where the
+    peer saw torch's batched LU inverse crash or come back silently wrong), on every matrix of a large batch."""
+    from core.detectors.padim import gaussian_statistics
+
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(12, 200, 100))
-    cov = np.einsum("pni,pnj->pij", x - x.mean(1, keepdims=True), x - x.mean(1, keepdims=True)) / 199
-    cov += 0.01 * np.eye(100)
-    inv = np.linalg.inv(cov)
-    for p in range(len(cov)):
-        np.testing.assert_allclose(inv[p], scipy.linalg.inv(cov[p]), rtol=1e-6, atol=1e-8)
+    mix = rng.normal(size=(d, d)) * 0.3
+    x = (rng.normal(size=(24, n, d)) @ mix).astype(np.float32)
+    mean, inv = gaussian_statistics(torch.from_numpy(x), 0.01)
+    for p in range(len(x)):
+        xp = x[p].astype(np.float64)
+        cov = np.cov(xp, rowvar=False) + 0.01 * np.eye(d)
+        np.testing.assert_allclose(mean[p], xp.mean(0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(inv[p], scipy.linalg.inv(cov), rtol=1e-6, atol=1e-8)
 
 
 def test_cli_score_reports_bad_file_and_scores_the_rest(patchcore, data, tmp_path, capsys):

@@ -1,7 +1,10 @@
 """PaDiM (Defard et al., ICPR 2021): a Gaussian per feature-map position over a random channel subset.
 
-Covariances are inverted in float64 with numpy's batched LAPACK inverse (checked against scipy in the tests):
-the peer measured torch's bundled batched inverse crashing or silently wrong on these sizes.
+Covariances are built with torch's batched float64 matrix product and inverted through a float64 Cholesky
+factorisation (:func:`gaussian_statistics`), checked against scipy in the tests on the real sizes, 152 channels
+included: the peer measured torch's float32 batched LU inverse crashing or silently wrong there. Measured here
+(784 positions, 676 images, 100 channels, shared 2-core machine): 1.3 s against 2.6-8.4 s for numpy's stacked
+``matmul`` (which does not reach BLAS for transposed stacks) + ``linalg.inv``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,23 @@ class PadimConfig:
     seed: int = 0
 
 
+def gaussian_statistics(x: torch.Tensor, regularisation: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position mean and inverse of the regularised covariance of ``x`` (P positions x N samples x d), float64.
+
+    The inverse comes from a Cholesky factor (the matrices are symmetric positive definite once regularised),
+    which is cheaper and better conditioned than a general LU inverse.
+    """
+    x = x.to(torch.float64)
+    p, n, d = x.shape
+    mean = x.mean(dim=1)
+    xc = x - mean[:, None, :]
+    cov = torch.bmm(xc.transpose(1, 2), xc) / max(1, n - 1)
+    del xc
+    cov += regularisation * torch.eye(d, dtype=torch.float64)[None]
+    inv = torch.cholesky_inverse(torch.linalg.cholesky(cov))
+    return mean.numpy(), inv.numpy()
+
+
 class Padim(HeatmapDetector):
     """Per-position mean and inverse covariance; map = Mahalanobis distance; image score = map max."""
 
@@ -53,17 +73,14 @@ class Padim(HeatmapDetector):
         d = min(self.cfg.n_channels, total)
         rng = np.random.default_rng(self.seed)
         self.channels = np.sort(rng.choice(total, size=d, replace=False)).astype(np.int64)
-        emb = self._embed(features).numpy().astype(np.float64)  # N x d x H x W
+        emb = self._embed(features)  # N x d x H x W
         n, d, h, w = emb.shape
         self.grid = (h, w)
-        x = emb.reshape(n, d, h * w).transpose(2, 0, 1)  # P x N x d
-        mean = x.mean(axis=1)
-        xc = x - mean[:, None, :]
-        cov = np.matmul(xc.transpose(0, 2, 1), xc) / max(1, n - 1)  # batched BLAS: ~10x faster than einsum
-        cov += self.cfg.regularisation * np.eye(d)[None]
+        x = emb.reshape(n, d, h * w).permute(2, 0, 1)  # P x N x d
+        del emb
         progress("padim statistics", 1, 2)
-        self.inv_cov = np.linalg.inv(cov).astype(np.float32)
-        self.mean = mean.astype(np.float32)
+        mean, inv_cov = gaussian_statistics(x, self.cfg.regularisation)
+        self.mean, self.inv_cov = mean.astype(np.float32), inv_cov.astype(np.float32)
         progress("padim statistics", 2, 2)
         return {"gaussian": time.perf_counter() - t0}
 
