@@ -21,7 +21,7 @@ from common import table, write_result  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from core import fuzz as F  # noqa: E402
+from tests import fuzz_cases as F  # noqa: E402
 
 
 def main() -> int:

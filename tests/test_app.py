@@ -323,7 +323,7 @@ def test_zip_extraction_refuses_unsafe_paths(tmp_path, monkeypatch, demo_root):
 
     from core.errors import DatasetError
 
-    monkeypatch.setattr(wb, "UPLOADS_DIR", tmp_path / "uploads")
+    monkeypatch.setattr(wb.zip_uploads, "UPLOADS_DIR", tmp_path / "uploads")
     for bad in ("../evil.png", "/abs/evil.png", "ok/../../evil.png", "C:/evil.png"):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import fuzz as F
+from tests import fuzz_cases as F
 
 
 def _worker(image_size: int, data: str, cache_root: str, models: str, out: str) -> None:

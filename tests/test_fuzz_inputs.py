@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from core import fuzz as F
+from tests import fuzz_cases as F
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def test_datasets_index_and_fit(work):
 
 
 def test_zips(work, monkeypatch):
-    import core.workbench as wb
+    from core.workbench import zip_uploads
 
-    monkeypatch.setattr(wb, "MAX_UNZIPPED_BYTES", 2_000_000)
+    monkeypatch.setattr(zip_uploads, "MAX_UNZIPPED_BYTES", 2_000_000)
     report = F.FuzzReport()
     F.run_zips(report, F.zip_cases(1, unzipped_limit=2_000_000), work / "up" / "uploads")
     _assert_clean(report, 10)

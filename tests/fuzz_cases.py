@@ -442,7 +442,8 @@ def _good_tree(prefix: str = "ds/") -> list[tuple[str, bytes]]:
 
 
 def zip_cases(per_kind: int, seed: int = 0, unzipped_limit: int = 2_000_000) -> list[ZipCase]:
-    """Hostile or broken zips. ``unzipped_limit`` should match ``core.workbench.MAX_UNZIPPED_BYTES`` in the run."""
+    """Hostile or broken zips. ``unzipped_limit`` should match ``MAX_UNZIPPED_BYTES`` of
+    ``core.workbench.zip_uploads`` in the run."""
     rng = np.random.default_rng(seed)
     out: list[ZipCase] = []
     for i in range(per_kind):
@@ -781,17 +782,17 @@ def run_cli(report: FuzzReport, argv: list[str], kind: str, name: str, expect: s
 
 def run_zips(report: FuzzReport, cases: list[ZipCase], uploads_dir: Path) -> None:
     """``core.workbench.extract_zip`` with its uploads folder pointed at ``uploads_dir``; checks nothing escaped."""
-    import core.workbench as wb
+    from core.workbench import zip_uploads
 
-    old = wb.UPLOADS_DIR
-    wb.UPLOADS_DIR = uploads_dir
+    old = zip_uploads.UPLOADS_DIR
+    zip_uploads.UPLOADS_DIR = uploads_dir
     outside = uploads_dir.parent
     outside.mkdir(parents=True, exist_ok=True)
     before = set(outside.iterdir())
     try:
         for c in cases:
             try:
-                root = wb.extract_zip(c.data, c.name)
+                root = zip_uploads.extract_zip(c.data, c.name)
                 res, msg = "accepted", str(root)
                 if uploads_dir.resolve() not in Path(root).resolve().parents:
                     res, msg = "crash", f"extracted outside the uploads folder: {root}"
@@ -802,7 +803,7 @@ def run_zips(report: FuzzReport, cases: list[ZipCase], uploads_dir: Path) -> Non
                 res, msg = "crash", f"files escaped the uploads folder: {sorted(map(str, after - before))}"
             report.add("extract_zip", c.kind, c.name, *check_expectation(res, msg, c.expect))
     finally:
-        wb.UPLOADS_DIR = old
+        zip_uploads.UPLOADS_DIR = old
 
 
 def run_models(report: FuzzReport, good: Path, base: Path, copies: int = 1) -> None:

@@ -1,0 +1,133 @@
+"""The service layer the Streamlit pages call: plain Python over ``core``, never importing streamlit.
+
+Pages read state, call a function here (``from core import workbench as wb``; ``wb.<name>``) and draw the result.
+Everything that touches files (model folders, uploaded zips, config rewrites) or does arithmetic on scores
+(curves, thresholds, grouping) lives here, so it can be tested and reused without a browser.
+
+| module | what |
+|---|---|
+| ``datasets`` | the datasets the app may browse: list, overview, thumbnails, splits |
+| ``zip_uploads`` | uploaded dataset zips, extracted safely into ``<cache>/uploads/<sha256 prefix>/``; size limits |
+| ``models`` | the fit form's choices, fitting, saved model folders (``WORKBENCH_MODELS_DIR`` or ``models/``) |
+| ``split_scores`` | scores of a split, and histograms, curves, confusion, thresholds on them |
+| ``heatmap_views`` | overlays, one image rescored at full size, PatchCore's nearest-patch explanation |
+| ``image_uploads`` | scoring uploaded images, their overlays and CSV |
+| ``cascade_gate`` | a model's cascade gate: fitted, measured once per image, read back |
+| ``cascade_tuning`` | (T_low, T_high) sweep, Pareto front and saved policy, on the cached measurements only |
+
+Every public name is re-exported here. Re-exported constants are copies: to move one in a test, patch the
+module that reads it (e.g. ``core.workbench.zip_uploads.UPLOADS_DIR``). A function replaced on this package
+reaches the pages, which call ``wb.<name>`` (e.g. ``wb.score_split`` in benchmarks/app_speed.py), but not the
+modules here, which import each other's functions directly.
+"""
+
+from __future__ import annotations
+
+from core.workbench.cascade_gate import (
+    CASCADE_DIRNAME,
+    GATE_HELP,
+    GATE_ORDER,
+    CascadeState,
+    GateFitOutcome,
+    cascade_dir,
+    cascade_stamp,
+    fit_gate,
+    gate_kinds,
+    load_cascade,
+)
+from core.workbench.cascade_tuning import (
+    cascade_pick_for_recall,
+    cascade_point,
+    cascade_sweep,
+    fast_pareto_front,
+    save_cascade_policy,
+)
+from core.workbench.datasets import (
+    DatasetOverview,
+    check_browsable,
+    dataset_overview,
+    dataset_splits,
+    list_datasets,
+    thumbnails,
+)
+from core.workbench.heatmap_views import (
+    Explanation,
+    ImageDetail,
+    explain_patchcore,
+    heat_only,
+    overlay_image,
+    score_one,
+)
+from core.workbench.image_uploads import (
+    MAX_UPLOAD_IMAGE_BYTES,
+    UploadResult,
+    results_csv,
+    score_uploads,
+    upload_overlay,
+)
+from core.workbench.models import (
+    DETECTOR_KINDS,
+    FitOutcome,
+    FitProgress,
+    FitSettings,
+    ModelInfo,
+    backbone_choices,
+    check_model_name,
+    coreset_methods,
+    default_model_name,
+    delete_model,
+    fit_model,
+    image_size_choices,
+    list_models,
+    load_model,
+    model_info,
+    models_dir,
+    rename_model,
+    resolve_model,
+    save_threshold,
+)
+from core.workbench.split_scores import (
+    MAP_STORE_SIZE,
+    NORMAL_COLOUR,
+    OKABE_ITO,
+    SplitScores,
+    confusion,
+    curves,
+    flag_rate,
+    group_colours,
+    group_scores,
+    normalisation_of,
+    outcomes,
+    score_split,
+    threshold_for_recall,
+)
+from core.workbench.zip_uploads import (
+    MAX_UNZIPPED_BYTES,
+    MAX_ZIP_BYTES,
+    MAX_ZIP_MEMBERS,
+    UPLOADS_DIR,
+    extract_zip,
+)
+
+__all__ = [
+    # datasets
+    "DatasetOverview", "check_browsable", "dataset_overview", "dataset_splits", "list_datasets", "thumbnails",
+    # zip_uploads
+    "MAX_UNZIPPED_BYTES", "MAX_ZIP_BYTES", "MAX_ZIP_MEMBERS", "UPLOADS_DIR", "extract_zip",
+    # models
+    "DETECTOR_KINDS", "FitOutcome", "FitProgress", "FitSettings", "ModelInfo", "backbone_choices",
+    "check_model_name", "coreset_methods", "default_model_name", "delete_model", "fit_model", "image_size_choices",
+    "list_models", "load_model", "model_info", "models_dir", "rename_model", "resolve_model", "save_threshold",
+    # split_scores
+    "MAP_STORE_SIZE", "NORMAL_COLOUR", "OKABE_ITO", "SplitScores", "confusion", "curves", "flag_rate",
+    "group_colours", "group_scores", "normalisation_of", "outcomes", "score_split", "threshold_for_recall",
+    # heatmap_views
+    "Explanation", "ImageDetail", "explain_patchcore", "heat_only", "overlay_image", "score_one",
+    # image_uploads
+    "MAX_UPLOAD_IMAGE_BYTES", "UploadResult", "results_csv", "score_uploads", "upload_overlay",
+    # cascade_gate
+    "CASCADE_DIRNAME", "GATE_HELP", "GATE_ORDER", "CascadeState", "GateFitOutcome", "cascade_dir", "cascade_stamp",
+    "fit_gate", "gate_kinds", "load_cascade",
+    # cascade_tuning
+    "cascade_pick_for_recall", "cascade_point", "cascade_sweep", "fast_pareto_front", "save_cascade_policy",
+]

@@ -1,0 +1,153 @@
+"""Uploaded dataset zips: extracted safely, size-limited, into ``<cache>/uploads/<sha256 prefix>/``.
+
+``UPLOADS_DIR`` and the size limits are read at call time from this module; tests that move them patch
+``core.workbench.zip_uploads`` (a patch on the package's re-exported copy reaches nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from core.config import CACHE_DIR
+from core.errors import DatasetError
+
+UPLOADS_DIR = CACHE_DIR / "uploads"
+MAX_ZIP_BYTES = int(float(os.environ.get("WORKBENCH_MAX_ZIP_MB", "500")) * 1e6)  # the zip itself
+MAX_UNZIPPED_BYTES = int(float(os.environ.get("WORKBENCH_MAX_UNZIPPED_MB", "2000")) * 1e6)
+MAX_ZIP_MEMBERS = 50_000
+
+
+def _safe_member_path(name: str, zip_name: str = "The zip") -> PurePosixPath | None:
+    """The member's relative path, or None for a folder entry; raises for unsafe names."""
+    raw = name.replace("\\", "/")
+    if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw) or "\x00" in raw:
+        raise DatasetError(
+            f"{zip_name} holds an entry with an absolute path ({name!r}); it was not extracted.",
+            "Zip the dataset folder with relative paths (e.g. `cd parent && zip -r data.zip mydataset`).",
+        )
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise DatasetError(
+            f"{zip_name} holds an entry that climbs out of its folder ({name!r}); it was not extracted.",
+            "Zip the dataset folder with relative paths and no '..' parts.",
+        )
+    if not parts or raw.endswith("/"):
+        return None
+    return PurePosixPath(*parts)
+
+
+def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
+    """Extract an uploaded dataset zip safely into ``cache/uploads/<hash>/`` and return the dataset folder.
+
+    Refused: absolute paths, ``..`` parts, symlinks, more than ``MAX_ZIP_MEMBERS`` entries, and more than
+    ``MAX_UNZIPPED_BYTES`` of content (counted while reading, so a lying header cannot bypass it). The
+    extraction goes to a temporary folder renamed into place, so a half-extracted upload is never listed.
+    """
+    if len(data) > MAX_ZIP_BYTES:
+        raise DatasetError(
+            f"{name} is {len(data) / 1e6:.0f} MB; uploads are limited to {MAX_ZIP_BYTES / 1e6:.0f} MB.",
+            "Upload a smaller zip, or copy the folder under the data root (../shared/datasets) instead.",
+        )
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    target = UPLOADS_DIR / digest
+    if target.is_dir():
+        root = _find_dataset_root(target)
+        if root is not None:
+            return root
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"{name} is not a readable zip file ({exc}).", "Upload a .zip of the dataset folder.") from None
+    with zf:
+        members = zf.infolist()
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise DatasetError(
+                f"{name} holds {len(members)} entries; at most {MAX_ZIP_MEMBERS} are extracted.",
+                "Upload a smaller dataset or put the folder under the data root.",
+            )
+        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        declared = 0
+        for m in members:
+            rel = _safe_member_path(m.filename, name)
+            if rel is None:
+                continue
+            mode = (m.external_attr >> 16) & 0o170000
+            if mode == stat.S_IFLNK:
+                raise DatasetError(
+                    f"{name} holds a symbolic link ({m.filename!r}); links are not extracted.",
+                    "Zip the real files (zip -r without --symlinks).",
+                )
+            if rel.parts[0] == "__MACOSX" or rel.name.startswith("._"):
+                continue
+            declared += m.file_size
+            plan.append((m, rel))
+        if declared > MAX_UNZIPPED_BYTES:
+            raise DatasetError(
+                f"{name} unpacks to {declared / 1e6:.0f} MB; the limit is {MAX_UNZIPPED_BYTES / 1e6:.0f} MB.",
+                "Upload a smaller dataset or put the folder under the data root.",
+            )
+        UPLOADS_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=UPLOADS_DIR))
+        try:
+            written = 0
+            base = tmp.resolve()
+            for m, rel in plan:
+                dest = (tmp / Path(*rel.parts)).resolve()
+                if base not in dest.parents:  # belt and braces after the name checks
+                    raise DatasetError(f"Zip entry {m.filename!r} of {name} would land outside its folder.",
+                                       "Re-zip the folder.")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(m) as src, open(dest, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > MAX_UNZIPPED_BYTES:
+                            raise DatasetError(
+                                f"{name} unpacks to more than {MAX_UNZIPPED_BYTES / 1e6:.0f} MB "
+                                "(more than its headers declare).",
+                                "Upload a smaller, well-formed zip.",
+                            )
+                        out.write(chunk)
+            if _find_dataset_root(tmp) is None:
+                raise DatasetError(
+                    f"{name} does not hold a dataset in MVTec layout (no train/good or test/ folder found).",
+                    "Zip a folder that holds train/good/, test/good/, test/<defect>/ (and optionally ground_truth/).",
+                )
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another session extracted the same zip meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+        except zipfile.BadZipFile as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DatasetError(f"{name} is damaged ({exc}).", "Zip the folder again and upload it.") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    root = _find_dataset_root(target)
+    assert root is not None
+    return root
+
+
+def _find_dataset_root(folder: Path, depth: int = 3) -> Path | None:
+    """``folder`` if it is in MVTec layout, else the first such folder up to ``depth`` levels below."""
+    if (folder / "train" / "good").is_dir() or (folder / "test").is_dir():
+        return folder
+    if depth <= 0:
+        return None
+    try:
+        subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+    except OSError:
+        return None
+    for sub in subs:
+        found = _find_dataset_root(sub, depth - 1)
+        if found is not None:
+            return found
+    return None
