@@ -483,7 +483,14 @@ class LoadedBackbone:
     std: tuple[float, float, float]
     input_size: int  # timm's default input size
     weights_sha256: str  # sha256 of the weight file actually loaded
+    channels_last: bool = False  # NHWC convolutions (CNNs); see set_channels_last
     _strides: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def set_channels_last(self, on: bool) -> None:
+        """Run the CNN in NHWC layout (faster on CPU) or NCHW; features are the same up to float rounding."""
+        on = bool(on) and self.info.kind != "vit"
+        self.model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+        self.channels_last = on
 
     @property
     def patch_size(self) -> int:
@@ -541,7 +548,8 @@ class LoadedBackbone:
                 f"{self.info.name} needs an input size that is a multiple of {ps}; got {x.shape[-2]} x {x.shape[-1]}.",
                 f"Use a size such as {ps * 16} or {ps * 32}.",
             )
-        return x.to(self.device)
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def feature_maps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """B x C x h x w feature maps of the named modules; the forward pass stops after the deepest one.
@@ -594,7 +602,7 @@ class LoadedBackbone:
 
     def _to_map(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.info.kind != "vit":
-            return t
+            return t.contiguous()  # NCHW for the rest of the pipeline (a no-op unless channels_last)
         ps = self.patch_size
         h, w = x.shape[-2] // ps, x.shape[-1] // ps
         if t.ndim == 4:  # NHWC patch grid (patch_embed with dynamic size)
@@ -696,6 +704,10 @@ def _load_uncached(name: str, dev: torch.device) -> LoadedBackbone:
         model._pos_embed = types.MethodType(_pos_embed_no_antialias, model)
     model.eval().requires_grad_(False).to(dev)
     mean, std, size = _timm_data_cfg(model)
-    return LoadedBackbone(
+    loaded = LoadedBackbone(
         info=info, model=model, device=dev, mean=mean[:3], std=std[:3], input_size=size, weights_sha256=sha
     )
+    # NHWC convolutions for CNNs: lite0 features 1.4x faster on 2 CPU cores (26 vs 37 ms/image in batches of 4,
+    # same run), identical up to 3e-5. benchmarks/scoring_speed.py measures both layouts side by side.
+    loaded.set_channels_last(True)
+    return loaded
