@@ -278,8 +278,8 @@ PAGES = {
         st.Page("pages/4_Heatmaps.py", title="Heatmaps", icon=":material/local_fire_department:"),
         st.Page("pages/5_Score_images.py", title="Score images", icon=":material/image_search:"),
     ],
-    # "Explain": [st.Page("pages/6_GAIN_MTL_CAM.py", title="GAIN-MTL CAM", icon=":material/visibility:")],
-    # "Experiments": [st.Page("pages/7_Experiments.py", title="Experiments", icon=":material/science:")],
+    "Explain": [st.Page("pages/6_GAIN_MTL_CAM.py", title="GAIN-MTL CAM", icon=":material/visibility:")],
+    "Experiments": [st.Page("pages/7_Experiments.py", title="Experiments", icon=":material/science:")],
 }
 shared.HOME_PAGE = HOME_PAGE
 st.set_page_config(page_title="Anomaly workbench", page_icon="🔍", layout="wide")

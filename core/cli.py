@@ -233,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cascade.cli import add_cascade_parser
 
     add_cascade_parser(sub)
+    from core.gain.cli import add_gain_parser
+    add_gain_parser(sub)
+    from core.experiments.cli import add_experiment_parser
+    add_experiment_parser(sub)
     return ap
 
 

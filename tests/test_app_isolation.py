@@ -68,3 +68,13 @@ def test_model_pointing_outside_the_roots_is_not_followed(fitted, models_root, t
     warnings = " ".join(w.value for w in at.warning)
     assert "outside the folders the app may read" in warnings, warnings
     assert str(elsewhere) not in " ".join(str(df.value) for df in at.dataframe)
+
+
+def test_model_list_skips_the_gain_models_folder(fitted, tmp_path):  # noqa: F811
+    """``<models>/gain/`` holds GAIN-MTL models (the CAM page's); the heatmap model list must not show it as a
+    broken model."""
+    root = tmp_path / "models"
+    shutil.copytree(fitted, root / "pc")
+    (root / "gain" / "S1").mkdir(parents=True)
+    names = [m.name for m in wb.list_models(root)]
+    assert names == ["pc"], names

@@ -13,6 +13,7 @@ from core.metrics.image import (
     per_class_metrics,
 )
 from core.metrics.pixel import aupro, aupro_reference, pixel_auroc, pro_curve
+from core.metrics.cam import attention_metrics, classification_metrics
 
 __all__ = [
     "ImageMetrics",
@@ -26,4 +27,5 @@ __all__ = [
     "aupro",
     "pro_curve",
     "aupro_reference",
+    "attention_metrics", "classification_metrics",
 ]

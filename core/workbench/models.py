@@ -24,6 +24,10 @@ DETECTOR_KINDS = ("patchcore", "padim")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
+# Sub-folders of the models folder that hold other kinds of models, not one heatmap model each.
+RESERVED_SUBFOLDERS = frozenset({"gain"})
+
+
 def models_dir() -> Path:
     """Where saved models live (``WORKBENCH_MODELS_DIR`` or ``<project>/models``), created on demand."""
     root = Path(os.environ.get("WORKBENCH_MODELS_DIR") or PROJECT_ROOT / "models")
@@ -271,7 +275,8 @@ def model_info(folder: str | Path) -> ModelInfo:
 def list_models(root: Path | None = None) -> list[ModelInfo]:
     """Every model folder under the models folder, newest first (unreadable ones carry an ``error``)."""
     root = root or models_dir()
-    infos = [model_info(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    infos = [model_info(p) for p in root.iterdir()
+             if p.is_dir() and not p.name.startswith(".") and p.name not in RESERVED_SUBFOLDERS]
     good = sorted((m for m in infos if not m.error), key=lambda m: m.created, reverse=True)
     return good + sorted((m for m in infos if m.error), key=lambda m: m.name)
 
