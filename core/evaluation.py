@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from core.data import DatasetIndex, index_dataset, read_image, read_mask
-from core.detectors import HeatmapDetector
+from core.detectors import HeatmapDetector, ScoreResult
 from core.errors import DatasetError, WorkbenchError
 from core.features import FeatureCache
 from core.metrics import aupro, confusion_at, image_metrics, per_class_metrics, pixel_auroc
@@ -102,6 +102,44 @@ def timing_probe(det: HeatmapDetector, paths: list[str], n: int = 32, batch: int
     return out
 
 
+@dataclass
+class ScoredRecords:
+    """Records scored by a detector, the readable ones only, with their ground truth at the map size."""
+
+    records: list  # the records that could be read, in input order
+    paths: list[str]
+    result: ScoreResult  # scores and maps of ``records``; ``errors`` names the unreadable files
+    masks: np.ndarray | None  # N x size x size bool, None when ground truth was not asked for
+    usable: np.ndarray | None  # which images have usable pixel ground truth
+    mask_problems: list[str]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.records], dtype=int)
+
+    @property
+    def has_pixels(self) -> bool:
+        """Whether pixel metrics can be computed (some usable image has defect pixels)."""
+        return self.masks is not None and bool(self.usable.any() and self.masks[self.usable].any())
+
+
+def score_with_ground_truth(
+    det: HeatmapDetector,
+    index: DatasetIndex,
+    records,
+    cache: FeatureCache | None = None,
+    progress: ProgressFn = no_progress,
+    masks: bool = True,
+) -> ScoredRecords:
+    """Score ``records`` (unreadable files are reported, not fatal) and, with ``masks``, read their ground truth."""
+    paths = [str(index.abs_path(r)) for r in records]
+    res = det.score_paths(paths, cache=cache, progress=progress)
+    kept = [records[i] for i in res.ok]
+    problems: list[str] = []
+    gt, usable = ground_truth_masks(index, kept, det.image_size, problems) if masks else (None, None)
+    return ScoredRecords(kept, [paths[i] for i in res.ok], res, gt, usable, problems)
+
+
 def evaluate_split(
     det: HeatmapDetector,
     index: DatasetIndex,
@@ -110,17 +148,11 @@ def evaluate_split(
     progress: ProgressFn = no_progress,
 ) -> Evaluation:
     """Score every image of ``split`` and compute image and pixel metrics on raw scores."""
-    records = index.split(split)
-    paths = [str(index.abs_path(r)) for r in records]
-    res = det.score_paths(paths, cache=cache, progress=progress)
-    keep = res.ok
-    records = [records[i] for i in keep]
-    labels = np.array([r.label for r in records])
+    sr = score_with_ground_truth(det, index, index.split(split), cache, progress)
+    res, records, labels, masks, usable = sr.result, sr.records, sr.labels, sr.masks, sr.usable
     defects = [r.defect for r in records]
     im = image_metrics(labels, res.scores)
-    mask_problems: list[str] = []
-    masks, usable = ground_truth_masks(index, records, det.image_size, mask_problems)
-    has_pixels = usable.any() and masks[usable].any()
+    has_pixels = sr.has_pixels
     metrics: dict[str, Any] = {
         "split": split,
         "n_images": int(len(records)),
@@ -136,7 +168,7 @@ def evaluate_split(
         if (labels == 0).any() and (labels == 1).any()
         else {},
         "at_model_threshold": confusion_at(labels, res.scores, det.threshold),
-        "mask_problems": mask_problems,
+        "mask_problems": sr.mask_problems,
     }
     if im.threshold is not None:
         metrics["at_f1_threshold"] = confusion_at(labels, res.scores, im.threshold)
@@ -144,7 +176,7 @@ def evaluate_split(
         metrics["note"] = (metrics["note"] + "; " if metrics["note"] else "") + (
             "domain set (no normal images): report only beside a mixed split"
         )
-    return Evaluation([paths[i] for i in keep], labels, defects, res.scores, res.maps, metrics)
+    return Evaluation(sr.paths, labels, defects, res.scores, res.maps, metrics)
 
 
 def write_scores_csv(path: Path, ev: Evaluation, det: HeatmapDetector) -> None:

@@ -309,21 +309,17 @@ def score_records(det, index: DatasetIndex, records: Sequence[ImageRecord], cach
                   pixel: bool = True, with_aupro: bool = True) -> Scored:
     """Score ``records`` with a fitted detector; image AUROC (when both classes are present), pixel AUROC and
     AUPRO (when masks exist) on raw scores and maps."""
-    from core.evaluation import ground_truth_masks
+    from core.evaluation import score_with_ground_truth
     from core.metrics import aupro, image_metrics, pixel_auroc
     from core.progress import no_progress
 
-    paths = paths_of(index, records)
-    res = det.score_paths(paths, cache=cache, progress=progress or no_progress)
-    recs = [records[i] for i in res.ok]
-    labels = np.array([r.label for r in recs], dtype=int)
+    sr = score_with_ground_truth(det, index, records, cache, progress or no_progress, masks=pixel)
+    res, labels = sr.result, sr.labels
     auroc = image_metrics(labels, res.scores).auroc if len(set(labels.tolist())) == 2 else None
     pa = ap = None
-    if pixel:
-        masks, usable = ground_truth_masks(index, recs, det.image_size)
-        if usable.any() and masks[usable].any():
-            pa = pixel_auroc(masks[usable], res.maps[usable])
-            if with_aupro:
-                ap = aupro(masks[usable], res.maps[usable])
-    return Scored([paths[i] for i in res.ok], labels, [r.defect for r in recs], res.scores, res.maps, auroc, pa, ap,
+    if sr.has_pixels:
+        pa = pixel_auroc(sr.masks[sr.usable], res.maps[sr.usable])
+        if with_aupro:
+            ap = aupro(sr.masks[sr.usable], res.maps[sr.usable])
+    return Scored(sr.paths, labels, [r.defect for r in sr.records], res.scores, res.maps, auroc, pa, ap,
                   dict(res.seconds))
