@@ -154,7 +154,7 @@ def test_unknown_name_gives_helpful_error():
         get_backbone_info("not_a_real_backbone_xyz")
 
 
-@pytest.mark.skipif(registry._hub_reachable(), reason="the timm hub is reachable: the fallback would download")
+@pytest.mark.skipif(registry.hub_reachable(), reason="the timm hub is reachable: the fallback would download")
 def test_timm_only_name_without_hub_fails_fast():
     info = get_backbone_info("resnet18")  # timm knows it, no package ships it
     assert info.source_package == "timm hub" and info.kind == "cnn"
@@ -166,7 +166,7 @@ def test_timm_only_name_without_hub_fails_fast():
     assert "mobilenetv2_100" in exc.value.fix
 
 
-@pytest.mark.skipif(registry._hub_reachable(), reason="the timm hub is reachable: the fallback would download")
+@pytest.mark.skipif(registry.hub_reachable(), reason="the timm hub is reachable: the fallback would download")
 def test_missing_package_names_the_pip_install(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "WEIGHTS_CACHE_DIR", tmp_path / "weights")  # nothing cached
     src = registry._SOURCES["tf_efficientnet_lite0"]

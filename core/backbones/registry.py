@@ -365,7 +365,8 @@ def _missing_package_error(name: str, src: _Source, hub_error: str = "") -> Back
 # Timm hub fallback
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub (``HF_ENDPOINT``) accepts a connection within ``timeout`` seconds."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = urlparse(endpoint).hostname or "huggingface.co"
     try:
@@ -380,7 +381,7 @@ def _create_from_hub(name: str):
     so that the attempt fails in seconds instead of a minute of retries."""
     import timm
 
-    if _hub_reachable():
+    if hub_reachable():
         return timm.create_model(name, pretrained=True)
     import huggingface_hub.constants as hf_constants
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.backbones.registry import hub_reachable
 from core.data import DatasetIndex
 from core.experiments.common import (
     Column,
@@ -65,12 +66,6 @@ class BackboneSettings:
         return cls(n_train=12, n_eval=12, timing_images=4)
 
 
-def _hub_reachable() -> bool:
-    from core.backbones import registry
-
-    return registry._hub_reachable(timeout=2.0)
-
-
 def _run_one(name: str, index: DatasetIndex, train: list[str], evals, s: BackboneSettings, cache,
              progress: ProgressFn) -> dict[str, Any]:
     from core.detectors import PatchCore, PatchCoreConfig
@@ -114,7 +109,7 @@ def run_backbones(index: DatasetIndex, settings: BackboneSettings = BackboneSett
     names = list(s.backbones) or [b.name for b in list_backbones()]
     train = paths_of(index, spread(records_of(index, "train_normal"), s.n_train))
     evals = balanced(index.split(s.split), s.n_eval)
-    hub = _hub_reachable() if s.timm_names else False
+    hub = hub_reachable(timeout=2.0) if s.timm_names else False
     rows: list[dict[str, Any]] = []
     todo = [(n, "offline") for n in names] + [(n, "timm") for n in s.timm_names]
     for i, (name, how) in enumerate(todo):
