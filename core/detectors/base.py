@@ -79,6 +79,7 @@ class HeatmapDetector:
         self.train_paths: list[str] = []
         self.weights_sha256: str = ""
         self._extractor: FeatureExtractor | None = None
+        self._estimate_memory = True  # off for an outside feature source (use_feature_source)
 
     # --- features -------------------------------------------------------------------------------
     def extractor(self, cache: FeatureCache | None = None, device: str | None = None) -> FeatureExtractor:
@@ -98,6 +99,16 @@ class HeatmapDetector:
         elif cache is not None:
             self._extractor.cache = cache
         return self._extractor
+
+    def use_feature_source(self, source: Any) -> None:
+        """Take features from ``source`` instead of a backbone of this model's own: any object with
+        FeatureExtractor's ``spec``, ``weights_sha256``, ``cache``, ``extract_paths`` and ``extract_images`` (e.g.
+        the fusion study's view over two backbones). Fitting then skips the memory estimate, which needs one
+        backbone to probe."""
+        self._extractor = source
+        self.layers = tuple(source.spec.layers)
+        self.weights_sha256 = source.weights_sha256
+        self._estimate_memory = False
 
     # --- to implement ---------------------------------------------------------------------------
     def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
@@ -151,7 +162,8 @@ class HeatmapDetector:
             )
         salt = f"calibration:{self.seed}"
         fit_paths, calib_paths = (paths, []) if self.leave_out_calibration else holdout(paths, self.calibration_fraction, salt)
-        check_memory(self.estimate_fit_bytes(len(fit_paths)), f"fitting {self.kind} on {len(fit_paths)} images")
+        if self._estimate_memory:
+            check_memory(self.estimate_fit_bytes(len(fit_paths)), f"fitting {self.kind} on {len(fit_paths)} images")
         ext = self.extractor(cache)
         t0 = time.perf_counter()
         res = ext.extract_paths(fit_paths, progress)

@@ -128,10 +128,7 @@ def patchcore_on(view: LayerView, s: FusionSettings):
 
     det = PatchCore(PatchCoreConfig(backbone=s.backbone, layers=view.spec.layers, image_size=s.image_size,
                                     ratio=s.ratio, seed=s.seed))
-    det.estimate_fit_bytes = lambda n_images: 0  # type: ignore[method-assign]  (the view has no single backbone)
-    det._extractor = view  # type: ignore[assignment]
-    det.layers = view.spec.layers
-    det.weights_sha256 = view.weights_sha256
+    det.use_feature_source(view)
     return det
 
 
