@@ -100,14 +100,53 @@ def test_feature_shapes_and_strides(photo):
 def test_feature_pass_stops_after_deepest_layer(photo):
     bb = load_backbone("tf_efficientnet_lite0", "cpu")
     calls = []
-    handles = [bb.model.get_submodule(n).register_forward_hook(lambda *a, n=n: calls.append(n))
+    handles = [bb.inference_model.get_submodule(n).register_forward_hook(lambda *a, n=n: calls.append(n))
                for n in ("blocks.4", "blocks.5", "conv_head")]
     try:
         bb.feature_maps(bb.preprocess([photo], 224), ["blocks.2", "blocks.4"])
     finally:
         for h in handles:
             h.remove()
-    assert "blocks.5" not in calls and "conv_head" not in calls
+    assert calls == ["blocks.4"]
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])
+def test_batchnorm_folding_keeps_features_and_the_trainable_model(name, photo):
+    bb = load_backbone(name, "cpu")
+    assert bb.use_folded and bb.inference_model is bb.folded_model
+    # the folded copy has no BatchNorm left; the model training code copies (GAIN-MTL) still has all of it
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.folded_model.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bb.model.modules()) > 20
+    x = bb.preprocess([photo], 224)
+    layers = list(bb.info.default_layers)
+    folded = bb.feature_maps(x, layers)
+    folded_logits = bb.classify(x)
+    try:
+        assert bb.set_batchnorm_folding(False) is False
+        as_built = bb.feature_maps(x, layers)
+        logits = bb.classify(x)
+    finally:
+        bb.set_batchnorm_folding(True)
+    for n in layers:
+        scale = float(as_built[n].abs().max())
+        assert float((folded[n] - as_built[n]).abs().max()) < 1e-4 * scale
+    assert int(folded_logits.argmax()) == int(logits.argmax())
+    assert float((folded_logits - logits).abs().max()) < 1e-3 * float(logits.abs().max())
+
+
+def test_batchnorm_folding_refuses_a_copy_that_changes_features(monkeypatch):
+    from core.backbones import batchnorm_folding
+
+    real = batchnorm_folding.fold_batchnorm
+
+    def broken(model):  # a fold that gets the arithmetic wrong must be caught by the check, not used
+        folded, pairs = real(model)
+        folded.conv_stem.bias.data += 1.0
+        return folded, pairs
+
+    monkeypatch.setattr(batchnorm_folding, "fold_batchnorm", broken)
+    model = load_backbone("tf_efficientnet_lite0", "cpu").model
+    assert registry._checked_folded_copy(model, torch.device("cpu"), 224) is None
 
 
 def test_preprocess(photo):

@@ -485,13 +485,35 @@ class LoadedBackbone:
     input_size: int  # timm's default input size
     weights_sha256: str  # sha256 of the weight file actually loaded
     channels_last: bool = False  # NHWC convolutions (CNNs); see set_channels_last
+    # Inference copy with BatchNorm folded into the convolutions (CNNs); ``model`` stays as built, for training.
+    folded_model: torch.nn.Module | None = field(default=None, repr=False)
+    use_folded: bool = False  # feature_maps/classify run ``folded_model``; see set_batchnorm_folding
     _strides: dict[str, int] = field(default_factory=dict, repr=False)
 
     def set_channels_last(self, on: bool) -> None:
         """Run the CNN in NHWC layout (faster on CPU) or NCHW; features are the same up to float rounding."""
         on = bool(on) and self.info.kind != "vit"
-        self.model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+        fmt = torch.channels_last if on else torch.contiguous_format
+        for m in (self.model, self.folded_model):
+            if m is not None:
+                m.to(memory_format=fmt)
         self.channels_last = on
+
+    def set_batchnorm_folding(self, on: bool) -> bool:
+        """Run features through the BatchNorm-folded copy (faster on CPU, same features up to float rounding) or
+        the model as built. Builds and checks the copy on first use; returns whether folding is now on (it
+        stays off for models without foldable pairs, or whose folded copy does not reproduce the original)."""
+        if on and self.folded_model is None and self.info.kind != "vit":
+            self.folded_model = _checked_folded_copy(self.model, self.device, self.input_size)
+            if self.folded_model is not None and self.channels_last:
+                self.folded_model.to(memory_format=torch.channels_last)
+        self.use_folded = bool(on) and self.folded_model is not None
+        return self.use_folded
+
+    @property
+    def inference_model(self) -> torch.nn.Module:
+        """The module feature_maps and classify run: the folded copy when folding is on, else ``model``."""
+        return self.folded_model if self.use_folded and self.folded_model is not None else self.model
 
     @property
     def patch_size(self) -> int:
@@ -564,7 +586,7 @@ class LoadedBackbone:
         modules = {}
         for name in layers:
             try:
-                modules[name] = self.model.get_submodule(name)
+                modules[name] = self.inference_model.get_submodule(name)
             except AttributeError:
                 raise WorkbenchError(
                     f"{self.info.name} has no layer {name!r}.",
@@ -586,10 +608,11 @@ class LoadedBackbone:
         try:
             with torch.inference_mode():
                 try:
-                    if hasattr(self.model, "forward_features"):
-                        self.model.forward_features(x)
+                    model = self.inference_model
+                    if hasattr(model, "forward_features"):
+                        model.forward_features(x)
                     else:
-                        self.model(x)
+                        model(x)
                 except _StopForward:
                     pass
         finally:
@@ -624,7 +647,7 @@ class LoadedBackbone:
                                  "Use a CNN backbone for classification, or feature_maps for features.")
         x = self._check_input(x)
         with torch.inference_mode():
-            return self.model(x)
+            return self.inference_model(x)
 
     def layer_strides(self, layers: Sequence[str]) -> dict[str, int]:
         """Input pixels per feature-map cell for each layer (14 for DINOv2 blocks, 8/16/... for CNN blocks)."""
@@ -711,4 +734,21 @@ def _load_uncached(name: str, dev: torch.device) -> LoadedBackbone:
     # NHWC convolutions for CNNs: lite0 features 1.4x faster on 2 CPU cores (26 vs 37 ms/image in batches of 4,
     # same run), identical up to 3e-5. benchmarks/scoring_speed.py measures both layouts side by side.
     loaded.set_channels_last(True)
+    loaded.set_batchnorm_folding(True)
     return loaded
+
+
+def _checked_folded_copy(model: torch.nn.Module, device: torch.device, size: int) -> torch.nn.Module | None:
+    """The BatchNorm-folded copy of ``model`` if it reproduces ``model``'s features on a random image, else None."""
+    from core.backbones.batchnorm_folding import fold_batchnorm, outputs_match
+
+    folded, pairs = fold_batchnorm(model)
+    if pairs == 0 or not hasattr(model, "forward_features"):
+        return None
+    x = torch.randn((1, 3, size, size), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        same = outputs_match(model.forward_features(x), folded.forward_features(x))
+    if not same:
+        log.warning("BatchNorm folding changed %s's features; using the model as built", type(model).__name__)
+        return None
+    return folded
