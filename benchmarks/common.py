@@ -60,3 +60,23 @@ def write_result(name: str, payload: dict[str, Any], started: float) -> Path:
     atomic_write_json(path, payload)
     print(f"\nwrote {path.relative_to(REPO)} (wall {payload['wall_seconds']:.0f} s)")
     return path
+
+
+def patch_distances_on_splits(det, index, cache, splits: Sequence[str], k: int) -> dict[str, tuple]:
+    """For each split: (masks, usable, Q x k nearest-bank distances, grid shape) of a fitted PatchCore, scored
+    once so that map settings (blur, neighbours) can be compared on the same distances."""
+    import numpy as np
+
+    from core.detectors.embedding import to_patches
+    from core.evaluation import ground_truth_masks
+
+    out = {}
+    for split in splits:
+        records = index.split(split)
+        feats = det.extractor(cache).extract_paths([str(index.abs_path(r)) for r in records])
+        records = [records[i] for i in feats.ok]
+        masks, usable = ground_truth_masks(index, records, det.image_size)
+        emb = det._embed(feats.features)
+        d2, _ = det.index.search(to_patches(emb), k)
+        out[split] = (masks, usable, np.sqrt(d2), (emb.shape[0], emb.shape[2], emb.shape[3]))
+    return out

@@ -91,6 +91,31 @@ def test_save_load_round_trip_gives_same_scores(patchcore, data, tmp_path):
     assert loaded.threshold == patchcore.threshold
 
 
+def test_patchcore_map_and_score_match_brute_force(patchcore, data, cache):
+    """Map = mean distance to the map_neighbors nearest bank patches; leaving an image out skips its own rows."""
+    from core.detectors.embedding import to_patches
+
+    feats = patchcore.extractor(cache).extract_paths(data[1][:2] + data[0][:1])
+    patches = to_patches(patchcore._embed(feats.features))
+    bank = patchcore.bank.astype(np.float64)
+    dist = np.sqrt(((patches[:, None, :].astype(np.float64) - bank[None]) ** 2).sum(-1))  # Q x N, exact
+    k = patchcore.cfg.map_neighbors
+    assert k == 3
+    scores, maps, _ = patchcore._score_embeddings(feats.features)
+    # faiss computes |q|^2 - 2 q.b + |b|^2 in float32: distances agree to ~1e-3 relative, not to the last digit
+    np.testing.assert_allclose(maps.reshape(-1), np.sort(dist, axis=1)[:, :k].mean(axis=1), rtol=2e-3)
+    per_image = len(patches) // 3
+    nearest = dist.min(axis=1).reshape(3, per_image)
+    assert np.all(scores <= nearest.max(axis=1) + 1e-4)  # the reweighting only ever lowers s*
+    # the third image is training image 0: scored "as if unseen", its own bank rows are skipped
+    own = patchcore.bank_source[:, 0] == 0
+    assert own.any()
+    _, maps_lo, _ = patchcore._score_embeddings({n: f[2:] for n, f in feats.features.items()}, leave_out=np.array([0]))
+    expected = np.sort(dist[2 * per_image:][:, ~own], axis=1)[:, :k].mean(axis=1)
+    np.testing.assert_allclose(maps_lo.reshape(-1), expected, rtol=2e-3)
+    assert maps_lo.mean() > maps[2].mean()  # without its own patches the image looks less familiar
+
+
 def test_model_made_with_other_weights_is_refused(patchcore, tmp_path):
     patchcore.save(tmp_path / "model")
     cfg_path = tmp_path / "model" / "config.json"

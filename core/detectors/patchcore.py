@@ -2,7 +2,9 @@
 
 Pure model here; features come through the cache (base class), the map is upsampled and blurred in
 ``postprocess``. Image score: the largest nearest-neighbour distance of a patch, reweighted as in the paper
-by how isolated that patch's neighbour is within the bank (``num_neighbors`` support points).
+by how isolated that patch's neighbour is within the bank (``num_neighbors`` support points). Anomaly map: each
+patch's mean distance to its ``map_neighbors`` nearest bank patches (1 = the paper's nearest-neighbour map; the
+k-NN mean is SPADE's pixel score, Cohen & Hoshen 2020).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class PatchCoreConfig:
     coreset_size: int | None = None
     projection_dim: int = 128
     num_neighbors: int = 9
+    # k = 3 chosen on magnetic_tile's val_mix (benchmarks/map_neighbors.py): AUPRO 0.725 -> 0.733 and pixel AUROC
+    # 0.829 -> 0.832 there (k = 5 ties on AUPRO, loses pixel AUROC; k = 9 loses both), for ~1 ms more search.
+    map_neighbors: int = 3
     blur_sigma: float = 4.0
     index: SearchConfig = SearchConfig()
     seed: int = 0
@@ -105,25 +110,30 @@ class PatchCore(HeatmapDetector):
         n, _, h, w = emb.shape
         patches = to_patches(emb)
         t0 = time.perf_counter()
+        k = max(1, min(int(self.cfg.map_neighbors), len(self.bank)))
         if leave_out is None:
-            d2, nn = self.index.search(patches, 1)
-            d2, nn = d2[:, 0], nn[:, 0]
+            d2, nn = self.index.search(patches, k)
         else:
-            d2, nn = self._search_leaving_out(patches, np.repeat(np.asarray(leave_out), h * w))
-        dist = np.sqrt(d2).reshape(n, h * w)
-        nn = nn.reshape(n, h * w)
-        scores = self._reweighted_scores(patches.reshape(n, h * w, -1), dist, nn)
-        return scores, dist.reshape(n, h, w), {"search": time.perf_counter() - t0}
+            d2, nn = self._search_leaving_out(patches, np.repeat(np.asarray(leave_out), h * w), k)
+        dist = np.sqrt(d2)
+        nearest = dist[:, 0].reshape(n, h * w)
+        patch_map = dist.mean(axis=1).reshape(n, h, w)
+        scores = self._reweighted_scores(patches.reshape(n, h * w, -1), nearest, nn[:, 0].reshape(n, h * w))
+        return scores, patch_map, {"search": time.perf_counter() - t0}
 
-    def _search_leaving_out(self, patches: np.ndarray, image_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest bank row of each patch among rows that did not come from ``image_of_row``'s image."""
+    def _search_leaving_out(
+        self, patches: np.ndarray, image_of_row: np.ndarray, k: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest bank rows of each patch among rows that did not come from ``image_of_row``'s image
+        (Q x k squared distances and indices, nearest first)."""
         per_image = np.bincount(self.bank_source[:, 0])
-        k = int(min(len(self.bank), per_image.max() + 1))
-        d2, nn = self.index.search(patches, k)
+        k_all = int(min(len(self.bank), per_image.max() + k))
+        d2, nn = self.index.search(patches, k_all)
         valid = (nn >= 0) & (self.bank_source[np.maximum(nn, 0), 0] != image_of_row[:, None])
-        first = np.where(valid.any(axis=1), valid.argmax(axis=1), k - 1)
-        rows = np.arange(len(patches))
-        return d2[rows, first], nn[rows, first]
+        # A stable sort puts each row's valid columns first, still in distance order. k_all leaves at least k
+        # rows from other images whenever the bank has them; otherwise (one training image) own rows fill in.
+        order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(d2, order, axis=1), np.take_along_axis(nn, order, axis=1)
 
     def _reweighted_scores(self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray) -> np.ndarray:
         """Paper eq. 7: s = (1 - softmax(||m_test - m_j||)_0) * s*, over m*'s neighbours m_j in the bank."""
@@ -182,6 +192,7 @@ class PatchCore(HeatmapDetector):
         grid = tuple(p.pop("grid", (0, 0)))
         for extra in ("memory_bank_size", "coreset_seconds"):
             p.pop(extra, None)
+        p.setdefault("map_neighbors", 1)  # models saved before the k-NN map keep their nearest-neighbour maps
         det = cls(PatchCoreConfig(**p))
         det.grid = grid
         return det
