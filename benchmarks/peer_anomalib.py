@@ -409,7 +409,7 @@ def main() -> None:
                       "test pass = all test files incl. decoding",
             "metrics": "both systems: core.metrics.image_metrics on raw scores, exact pixel AUROC over all pixels "
                        "(masks 224 nearest, normal images all-zero)",
-            "product_preprocess": "decode, torch bilinear resize (no antialias) to 224",
+            "product_preprocess": "decode, torch bilinear resize with antialiasing to 224",
             "peer_preprocess": "PIL decode, RGB, PIL bilinear resize to 224",
         },
         "versions": {"product": versions_product(),

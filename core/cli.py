@@ -27,6 +27,7 @@ def _detector_from_args(args: argparse.Namespace):
             ratio=args.ratio,
             coreset_size=args.coreset_size,
             num_neighbors=args.num_neighbors,
+            map_neighbors=args.map_neighbors,
             index=SearchConfig(kind=args.index, nprobe=args.nprobe),
             seed=args.seed,
         )
@@ -43,6 +44,8 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, default=0.01, help="coreset size as a share of all patches")
     p.add_argument("--coreset-size", type=int, default=None, help="absolute coreset size (overrides --ratio)")
     p.add_argument("--num-neighbors", type=int, default=9, help="bank neighbours for the score reweighting")
+    p.add_argument("--map-neighbors", type=int, default=3,
+                   help="nearest bank patches averaged into each map cell (1 = the paper's nearest-neighbour map)")
     p.add_argument("--index", choices=["flat", "ivfpq"], default="flat")
     p.add_argument("--nprobe", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)

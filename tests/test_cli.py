@@ -33,7 +33,8 @@ def test_evaluate_writes_the_contract(demo_eval):
     rows = list(csv.DictReader((demo_eval / "scores.csv").open()))
     assert len(rows) == m["n_images"] and {"path", "label", "defect", "score", "decision"} <= set(rows[0])
     assert any(p.name.startswith("worst_fn") for p in (demo_eval / "overlays").iterdir())
-    assert (demo_eval / "model" / "config.json").is_file()
+    cfg = json.loads((demo_eval / "model" / "config.json").read_text())
+    assert cfg["params"]["map_neighbors"] == 3 and cfg["params"]["num_neighbors"] == 9
 
 
 def test_score_with_saved_model_and_heatmaps(demo_eval, tmp_path, capsys):

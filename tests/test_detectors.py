@@ -116,6 +116,22 @@ def test_patchcore_map_and_score_match_brute_force(patchcore, data, cache):
     assert maps_lo.mean() > maps[2].mean()  # without its own patches the image looks less familiar
 
 
+def test_model_saved_before_the_knn_map_keeps_its_nearest_neighbour_map(patchcore, data, tmp_path):
+    from core.data import read_image
+
+    patchcore.save(tmp_path / "model")
+    cfg_path = tmp_path / "model" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["params"]["map_neighbors"]
+    cfg_path.write_text(json.dumps(cfg))
+    old = load_detector(tmp_path / "model")
+    assert old.cfg.map_neighbors == 1
+    img = [read_image(data[1][0])]
+    new_res, old_res = patchcore.score_images(img), old.score_images(img)
+    np.testing.assert_allclose(new_res.scores, old_res.scores, rtol=1e-5)  # the image score never used the k-NN
+    assert old_res.maps.mean() < new_res.maps.mean()  # nearest distance <= mean of the 3 nearest
+
+
 def test_model_made_with_other_weights_is_refused(patchcore, tmp_path):
     patchcore.save(tmp_path / "model")
     cfg_path = tmp_path / "model" / "config.json"

@@ -1,0 +1,63 @@
+"""How much does PatchCore's accuracy depend on the coreset's random draw? The default model (greedy 1 %, lite0,
+224 px) fitted with several seeds (the seed sets the greedy start point and the random projection), each scored
+on magnetic_tile's ``test`` (MVTec protocol) and ``val_mix``.
+
+    .venv/bin/python benchmarks/coreset_seeds.py [--seeds 0,1,2,3,4,5] [--projection-dim 0]
+
+Features come from the disk cache when warm, so each seed costs a coreset and two scoring passes. Prints one
+row per seed and the mean / standard deviation; writes benchmarks/results/coreset_seeds.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from common import MAGNETIC_TILE, table, write_result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", default="0,1,2,3,4,5")
+    ap.add_argument("--projection-dim", type=int, default=0,
+                    help="0: the default (auto: none for lite0's 152 channels); >= 152 also means none")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    from core.data import index_dataset
+    from core.detectors import PatchCore, PatchCoreConfig
+    from core.evaluation import score_with_ground_truth
+    from core.features import FeatureCache
+    from core.metrics import image_metrics, pixel_auroc
+
+    index = index_dataset(MAGNETIC_TILE)
+    cache = FeatureCache()
+    train = [str(index.abs_path(r)) for r in index.split("train_normal")]
+    rows, out = [], {}
+    for seed in seeds:
+        det = PatchCore(PatchCoreConfig(seed=seed, projection_dim=args.projection_dim))
+        det.fit(train, cache=cache)
+        for split in ("test", "val_mix"):
+            scored = score_with_ground_truth(det, index, index.split(split), cache)
+            image = image_metrics(scored.labels, scored.result.scores).auroc
+            usable = scored.usable
+            pixel = pixel_auroc(scored.masks[usable], scored.result.maps[usable])
+            out.setdefault(split, []).append({"seed": seed, "image_auroc": image, "pixel_auroc": pixel})
+            rows.append([seed, split, round(image, 4), round(pixel, 4)])
+    summary = {}
+    for split, runs in out.items():
+        for key in ("image_auroc", "pixel_auroc"):
+            v = np.array([r[key] for r in runs])
+            summary[f"{split}_{key}"] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                                         "min": float(v.min()), "max": float(v.max())}
+            rows.append(["mean ± sd", split + " " + key, round(float(v.mean()), 4),
+                         round(summary[f"{split}_{key}"]["std"], 4)])
+    print(table(["seed", "split", "image AUROC", "pixel AUROC"], rows))
+    name = "coreset_seeds" if args.projection_dim == 0 else f"coreset_seeds_proj{args.projection_dim}"
+    write_result(name, {"seeds": seeds, "projection_dim": args.projection_dim, "runs": out, "summary": summary}, started)
+
+
+if __name__ == "__main__":
+    main()
