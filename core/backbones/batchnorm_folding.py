@@ -3,8 +3,8 @@
 A frozen BatchNorm is a per-channel affine map, so ``bn(conv(x))`` equals a convolution with scaled weights and a
 bias. On 2 CPU cores tf_efficientnet_lite0 spends about a fifth of its feature pass in separate BatchNorm kernels
 (measured with cProfile: 13 of 63 ms per image at batch 1); folding them removes that pass and changes the
-features only by float rounding (max |diff| ~7e-5 on activations up to ~40). ``benchmarks/scoring_speed.py``
-times the folded and unfolded model side by side.
+features only by float rounding (max |diff| ~7e-5 on activations up to ~40). ``benchmarks/backbone_speed.py``
+times the folded and unfolded feature pass side by side (1.33x in batches of 16, 1.27x one image at a time).
 """
 
 from __future__ import annotations
