@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
+export GOMP_SPINCOUNT := 20000
 
 .PHONY: install app test bench verify clean-cache
 

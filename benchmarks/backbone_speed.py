@@ -1,10 +1,12 @@
-"""Backbone feature pass alone: BatchNorm folded into the convolutions vs the model as built, same process.
+"""Backbone feature pass alone: the inference copy vs the model as built, same process.
 
     .venv/bin/python benchmarks/backbone_speed.py [--backbone tf_efficientnet_lite0] [--rounds 8]
 
-Both variants run channels-last on random 224-px inputs through the default layers, at batch 1 and 16, in
-``--rounds`` alternating rounds; the table gives the median and the fastest round per image. Writes
-benchmarks/results/backbone_speed.json.
+Three variants run channels-last on random 224-px inputs through the default layers, at batch 1, 4 (the CPU
+extractor's batch) and 16, in ``--rounds`` alternating rounds: the model as built, the copy with BatchNorm
+folded only, and the inference copy the product uses (folded + TF "same" padding inside the convolutions,
+``core/backbones/same_padding.py``). The table gives the median and the fastest round per image and the ratios
+against the model as built. Writes benchmarks/results/backbone_speed.json.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import time
 
 import numpy as np
 from common import table, write_result
+
+VARIANTS = ("as built", "folded only", "inference copy")
+BATCHES = (1, 4, 16)
 
 
 def main() -> None:
@@ -26,34 +31,49 @@ def main() -> None:
     import torch
 
     from core.backbones import load_backbone
+    from core.backbones.batchnorm_folding import fold_batchnorm
     from core.config import set_threads
 
     set_threads(2)
     bb = load_backbone(args.backbone)
     layers = list(bb.info.default_layers)
+    inference_copy = bb.folded_model
+    if inference_copy is None:
+        raise SystemExit(f"{args.backbone} has no inference copy (nothing to fold); nothing to compare.")
+    fold_only = fold_batchnorm(bb.model)[0].to(memory_format=torch.channels_last)
+    models = {"as built": None, "folded only": fold_only, "inference copy": inference_copy}
     x = torch.randn((16, 3, 224, 224), generator=torch.Generator().manual_seed(0))
-    times: dict[tuple[bool, int], list[float]] = {(f, b): [] for f in (True, False) for b in (1, 16)}
+    times: dict[tuple[str, int], list[float]] = {(v, b): [] for v in VARIANTS for b in BATCHES}
     for _ in range(args.rounds):
-        for folded in (True, False):
-            bb.set_batchnorm_folding(folded)
-            for batch in (1, 16):
+        for variant in VARIANTS:
+            if models[variant] is None:
+                bb.set_batchnorm_folding(False)
+            else:
+                bb.folded_model = models[variant]
+                bb.set_batchnorm_folding(True)
+            for batch in BATCHES:
                 xb = x[:batch]
                 bb.feature_maps(xb, layers)  # warm-up
                 reps = max(2, 32 // batch)
                 t0 = time.perf_counter()
                 for _ in range(reps):
                     bb.feature_maps(xb, layers)
-                times[(folded, batch)].append(1000 * (time.perf_counter() - t0) / (reps * batch))
+                times[(variant, batch)].append(1000 * (time.perf_counter() - t0) / (reps * batch))
+    bb.folded_model = inference_copy
     bb.set_batchnorm_folding(True)
     out, rows = {}, []
-    for batch in (1, 16):
-        med = {f: float(np.median(times[(f, batch)])) for f in (True, False)}
-        out[f"batch{batch}"] = {"folded_ms": med[True], "as_built_ms": med[False], "ratio": med[False] / med[True],
-                                "folded_rounds": times[(True, batch)], "as_built_rounds": times[(False, batch)]}
-        rows.append([batch, round(med[True], 1), round(min(times[(True, batch)]), 1), round(med[False], 1),
-                     round(min(times[(False, batch)]), 1), round(med[False] / med[True], 2)])
-    print(table(["batch", "folded median ms/img", "folded best", "as built median", "as built best",
-                 "as built / folded"], rows))
+    for batch in BATCHES:
+        med = {v: float(np.median(times[(v, batch)])) for v in VARIANTS}
+        out[f"batch{batch}"] = {
+            **{f"{v.replace(' ', '_')}_ms": med[v] for v in VARIANTS},
+            "ratio_folded_only": med["as built"] / med["folded only"],
+            "ratio_inference_copy": med["as built"] / med["inference copy"],
+            "rounds": {v: times[(v, batch)] for v in VARIANTS},
+        }
+        rows.append([batch] + [f"{med[v]:.1f} ({min(times[(v, batch)]):.1f})" for v in VARIANTS]
+                    + [round(med["as built"] / med["folded only"], 2), round(med["as built"] / med["inference copy"], 2)])
+    print(table(["batch"] + [f"{v} ms/img median (best)" for v in VARIANTS]
+                + ["as built / folded only", "as built / inference copy"], rows))
     write_result("backbone_speed", {"backbone": args.backbone, "layers": layers, "rounds": args.rounds,
                                     "results": out}, started)
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # as core/config.py sets it (see there)
 
 RESULTS = REPO / "benchmarks" / "results"
 MAGNETIC_TILE = REPO.parent / "shared" / "datasets" / "magnetic_tile"

@@ -16,7 +16,8 @@ with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4 at 224 x 224, mean = s
   ImageNet weights loaded into anomalib's feature extractor; its feature maps are checked against the product's
   on the same input tensor before anything is timed.
 
-Both sides: 2 torch threads, ``OMP_WAIT_POLICY=PASSIVE``. Image AUROC (raw scores) and pixel AUROC (masks at
+Both sides: 2 torch threads, ``OMP_WAIT_POLICY=PASSIVE``, ``GOMP_SPINCOUNT=20000`` (the product's setting,
+given to the peer too so that it gains the same; see core/config.py). Image AUROC (raw scores) and pixel AUROC (masks at
 224 x 224 nearest, normal images all-zero) are computed here for both systems with the same code
 (``core.metrics``; pixel AUROC exact over all pixels). Times: fit (features + coreset / Gaussian), a full pass over
 the test files, and ms per image from decoded images at batch 32 and batch 1 (median of 3 rounds). Peak RSS:
@@ -30,6 +31,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # as core/config.py sets it (see there)
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
@@ -231,7 +233,7 @@ def run_peer(model: str, weights: Path, manifest: Path, masks_file: Path, ref: P
            "--manifest", str(manifest), "--masks", str(masks_file), "--check-features", str(ref),
            "--dump", str(dump), "--batch", str(PROBE_BATCH), "--probe-images", str(PROBE_IMAGES),
            "--probe-single", str(PROBE_SINGLE), "--probe-rounds", str(PROBE_ROUNDS), "--threads", str(THREADS)]
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TQDM_DISABLE="1")
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT=os.environ["GOMP_SPINCOUNT"], TQDM_DISABLE="1")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -401,7 +403,7 @@ def main() -> None:
             "n_test_defective": int(labels.sum()),
             "subset": None if n_train is None and n_test is None else
             f"lowest sha1('{SUBSET_SEED}:path') per split; test stratified per class",
-            "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
             "patchcore": {"coreset_ratio": 0.01, "num_neighbors": 9},
             "padim": {"n_channels": 100},
             "timing": f"ms/image from decoded images: {PROBE_IMAGES} test images in batches of {PROBE_BATCH}, "

@@ -134,6 +134,34 @@ def test_batchnorm_folding_keeps_features_and_the_trainable_model(name, photo):
     assert float((folded_logits - logits).abs().max()) < 1e-3 * float(logits.abs().max())
 
 
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 2, 1), (5, 2, 1), (3, 1, 1), (4, 2, 1), (3, 2, 2)])
+def test_pad_free_same_convolution_equals_timm_padding(kernel, stride, dilation):
+    """TF "same" padding done inside the convolution gives the padded copy's output exactly, for every parity
+    of height and width (they decide whether the right/bottom edge gets the extra pixel), and channels-last."""
+    from timm.layers import Conv2dSame
+
+    from core.backbones.same_padding import PadFreeConv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(6, 6, kernel, stride=stride, dilation=dilation, groups=3).eval()
+    fast = PadFreeConv2dSame(conv).eval()
+    with torch.inference_mode():
+        for h, w in [(56, 56), (57, 57), (56, 57), (31, 28), (7, 8)]:
+            x = torch.randn(2, 6, h, w)
+            ref = conv(x)
+            assert torch.equal(fast(x), ref) or float((fast(x) - ref).abs().max()) < 1e-6, (h, w)
+            xl = x.contiguous(memory_format=torch.channels_last)
+            assert float((fast.to(memory_format=torch.channels_last)(xl) - ref).abs().max()) < 1e-5
+
+
+def test_inference_copy_has_no_padding_copies_left():
+    from timm.layers import Conv2dSame
+
+    bb = load_backbone("tf_efficientnet_lite0", "cpu")
+    assert sum(type(m) is Conv2dSame for m in bb.model.modules()) >= 4  # the stem and the strided blocks
+    assert not any(type(m) is Conv2dSame for m in bb.folded_model.modules())
+
+
 def test_batchnorm_folding_refuses_a_copy_that_changes_features(monkeypatch):
     from core.backbones import batchnorm_folding
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # as core/config.py sets it (see there)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -238,7 +239,7 @@ def main() -> None:
                      "numpy": np.__version__, "sklearn": sklearn.__version__, "python": platform.python_version()},
         "settings": {"backbone": BACKBONE, "layers": LAYERS, "image_size": SIZE, "mean": 0.5, "std": 0.5,
                      "resize": "PIL bilinear", "batch": args.batch, "threads": torch.get_num_threads(),
-                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "seed": args.seed,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "seed": args.seed,
                      **({"coreset_ratio": args.ratio, "num_neighbors": 9} if args.model == "patchcore"
                         else {"n_features": args.n_features})},
         "n_train": len(train),

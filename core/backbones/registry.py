@@ -485,7 +485,8 @@ class LoadedBackbone:
     input_size: int  # timm's default input size
     weights_sha256: str  # sha256 of the weight file actually loaded
     channels_last: bool = False  # NHWC convolutions (CNNs); see set_channels_last
-    # Inference copy with BatchNorm folded into the convolutions (CNNs); ``model`` stays as built, for training.
+    # Inference copy with BatchNorm folded into the convolutions and no padding copies (CNNs; same_padding.py);
+    # ``model`` stays as built, for training.
     folded_model: torch.nn.Module | None = field(default=None, repr=False)
     use_folded: bool = False  # feature_maps/classify run ``folded_model``; see set_batchnorm_folding
     _strides: dict[str, int] = field(default_factory=dict, repr=False)
@@ -739,12 +740,15 @@ def _load_uncached(name: str, dev: torch.device) -> LoadedBackbone:
 
 
 def _checked_folded_copy(model: torch.nn.Module, device: torch.device, size: int) -> torch.nn.Module | None:
-    """The BatchNorm-folded copy of ``model`` if it reproduces ``model``'s features on a random image, else None."""
+    """The inference copy of ``model`` (BatchNorm folded, TF "same" padding done inside the convolutions) if it
+    reproduces ``model``'s features on a random image, else None."""
     from core.backbones.batchnorm_folding import fold_batchnorm, outputs_match
+    from core.backbones.same_padding import remove_padding_copies
 
     folded, pairs = fold_batchnorm(model)
     if pairs == 0 or not hasattr(model, "forward_features"):
         return None
+    remove_padding_copies(folded)
     x = torch.randn((1, 3, size, size), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.inference_mode():
         same = outputs_match(model.forward_features(x), folded.forward_features(x))

@@ -21,6 +21,9 @@ def patch_embedding(
     """
     maps = [torch.as_tensor(features[name]).float() for name in layers]
     size = max((m.shape[-2], m.shape[-1]) for m in maps)
+    if channels is not None:
+        # Select before pooling and upsampling (PaDiM keeps 100 of 152 channels: a third less to upsample).
+        maps, order = _select_channels(maps, np.asarray(channels, dtype=np.int64))
     out = []
     for m in maps:
         if neighbourhood > 1:
@@ -32,9 +35,25 @@ def patch_embedding(
             m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
         out.append(m)
     emb = torch.cat(out, dim=1)
-    if channels is not None:
-        emb = emb[:, torch.as_tensor(channels, dtype=torch.long)]
+    if channels is not None and not np.array_equal(order, np.arange(len(order))):
+        emb = emb[:, torch.as_tensor(order, dtype=torch.long)]
     return emb.contiguous()
+
+
+def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Each layer's share of ``channels`` (indices into the concatenation) and the permutation that puts the
+    concatenated selections back in ``channels`` order (the identity when ``channels`` is sorted)."""
+    if channels.size and (channels.min() < 0 or channels.max() >= sum(int(m.shape[1]) for m in maps)):
+        raise ValueError(f"channel indices outside 0..{sum(int(m.shape[1]) for m in maps) - 1}")
+    selected, picked, start = [], [], 0
+    for m in maps:
+        mine = channels[(channels >= start) & (channels < start + m.shape[1])]
+        selected.append(m[:, torch.as_tensor(np.sort(mine) - start, dtype=torch.long)])
+        picked.append(np.sort(mine))
+        start += int(m.shape[1])
+    concat_order = np.concatenate(picked)  # channel index at each concatenated position
+    position = {int(c): i for i, c in enumerate(concat_order)}
+    return selected, np.array([position[int(c)] for c in channels], dtype=np.int64)
 
 
 def local_variance(emb: torch.Tensor) -> torch.Tensor:

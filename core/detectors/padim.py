@@ -1,8 +1,8 @@
 """PaDiM (Defard et al., ICPR 2021): a Gaussian per feature-map position over a random channel subset.
 
-Covariances are built with torch's batched float64 matrix product and inverted through a float64 Cholesky
-factorisation (:func:`gaussian_statistics`), checked against scipy in the tests on the real sizes, 152 channels
-included: the peer measured torch's float32 batched LU inverse crashing or silently wrong there. Measured here
+Covariances are built with torch's batched matrix product on centred data and inverted through a float64
+Cholesky factorisation (:func:`gaussian_statistics`), checked against scipy in the tests on the real sizes, 152
+channels included: the peer measured torch's float32 batched LU inverse crashing or silently wrong there. Measured here
 (784 positions, 676 images, 100 channels, shared 2-core machine): 1.3 s against 2.6-8.4 s for numpy's stacked
 ``matmul`` (which does not reach BLAS for transposed stacks) + ``linalg.inv``.
 """
@@ -40,10 +40,10 @@ def gaussian_statistics(x: torch.Tensor, regularisation: float) -> tuple[np.ndar
     The inverse comes from a Cholesky factor (the matrices are symmetric positive definite once regularised),
     which is cheaper and better conditioned than a general LU inverse.
     """
-    x = x.to(torch.float64)
     p, n, d = x.shape
-    mean = x.mean(dim=1)
-    xc = x - mean[:, None, :]
+    x = x.contiguous()  # reductions and the product over a strided P x N x d view took ~3x longer
+    mean = x.mean(dim=1, dtype=torch.float64)
+    xc = x.to(torch.float64) - mean[:, None, :]
     cov = torch.bmm(xc.transpose(1, 2), xc) / max(1, n - 1)
     del xc
     cov += regularisation * torch.eye(d, dtype=torch.float64)[None]
@@ -91,7 +91,8 @@ class Padim(HeatmapDetector):
         t0 = time.perf_counter()
         emb = self._embed(features)
         n, d, h, w = emb.shape
-        delta = emb.reshape(n, d, h * w).permute(2, 0, 1) - torch.from_numpy(self.mean)[:, None, :]  # P x N x d
+        # P x N x d, contiguous: torch.bmm on the strided view measured 11 ms/image vs 0.5 (batch 16, 2 cores)
+        delta = (emb.reshape(n, d, h * w).permute(2, 0, 1) - torch.from_numpy(self.mean)[:, None, :]).contiguous()
         left = torch.bmm(delta, torch.from_numpy(self.inv_cov))  # P x N x d
         m2 = (left * delta).sum(dim=2).clamp_min(0).sqrt().T  # N x P
         maps = m2.reshape(n, h, w).numpy()
