@@ -189,6 +189,22 @@ def test_padim_statistics_match_scipy(n, d):
         np.testing.assert_allclose(inv[p], scipy.linalg.inv(cov), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("neighbourhood", [1, 3])
+def test_channel_subset_is_picked_before_upsampling_without_changing_the_embedding(neighbourhood):
+    """patch_embedding keeps PaDiM's channel subset before pooling/upsampling (cheaper); the result must equal
+    taking the subset of the full embedding, for sorted and unsorted indices across both layers."""
+    from core.detectors.embedding import patch_embedding
+
+    rng = np.random.default_rng(0)
+    feats = {"a": rng.normal(size=(2, 5, 8, 8)).astype(np.float32), "b": rng.normal(size=(2, 7, 4, 4)).astype(np.float32)}
+    full = patch_embedding(feats, ("a", "b"), neighbourhood)
+    for channels in (np.array([0, 3, 4, 5, 9, 11]), np.array([9, 0, 11, 4, 6])):
+        sub = patch_embedding(feats, ("a", "b"), neighbourhood, channels=channels)
+        np.testing.assert_allclose(sub.numpy(), full[:, torch.as_tensor(channels)].numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="channel indices"):
+        patch_embedding(feats, ("a", "b"), neighbourhood, channels=np.array([12]))
+
+
 def test_cli_score_reports_bad_file_and_scores_the_rest(patchcore, data, tmp_path, capsys):
     patchcore.save(tmp_path / "model")
     bad = tmp_path / "broken.png"
