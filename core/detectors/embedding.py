@@ -13,13 +13,17 @@ def patch_embedding(
     neighbourhood: int = 3,
     channels: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Concatenate layers at the finest layer's resolution: N x C x H x W (float32, CPU).
+    """Concatenate layers at the finest layer's resolution: N x C x H x W (float32, CPU), stored channels-last.
 
     Each layer is first averaged over a ``neighbourhood`` x ``neighbourhood`` window (PatchCore's locally
     aware patch features; 1 = off, as PaDiM uses), coarser layers are upsampled bilinearly to the finest,
     and ``channels`` (indices into the concatenation) optionally keeps a subset (PaDiM's random channels).
+
+    Everything runs channels-last (NHWC memory): torch's bilinear upsampling measured 8x faster that way on
+    2 cores (608 x 74 x 14 x 14 -> 28 x 28: 0.08 s vs 0.66 s, identical values), and patch rows (``to_patches``)
+    and PaDiM's per-position vectors are then contiguous runs of the result.
     """
-    maps = [torch.as_tensor(features[name]).float() for name in layers]
+    maps = [torch.as_tensor(features[name]).float().contiguous(memory_format=torch.channels_last) for name in layers]
     size = max((m.shape[-2], m.shape[-1]) for m in maps)
     if channels is not None:
         # Select before pooling and upsampling (PaDiM keeps 100 of 152 channels: a third less to upsample).
@@ -37,7 +41,7 @@ def patch_embedding(
     emb = torch.cat(out, dim=1)
     if channels is not None and not np.array_equal(order, np.arange(len(order))):
         emb = emb[:, torch.as_tensor(order, dtype=torch.long)]
-    return emb.contiguous()
+    return emb.contiguous(memory_format=torch.channels_last)
 
 
 def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
@@ -48,7 +52,8 @@ def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[li
     selected, picked, start = [], [], 0
     for m in maps:
         mine = channels[(channels >= start) & (channels < start + m.shape[1])]
-        selected.append(m[:, torch.as_tensor(np.sort(mine) - start, dtype=torch.long)])
+        selected.append(m[:, torch.as_tensor(np.sort(mine) - start, dtype=torch.long)].contiguous(
+            memory_format=torch.channels_last))
         picked.append(np.sort(mine))
         start += int(m.shape[1])
     concat_order = np.concatenate(picked)  # channel index at each concatenated position

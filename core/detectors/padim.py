@@ -76,7 +76,7 @@ class Padim(HeatmapDetector):
         emb = self._embed(features)  # N x d x H x W
         n, d, h, w = emb.shape
         self.grid = (h, w)
-        x = emb.reshape(n, d, h * w).permute(2, 0, 1)  # P x N x d
+        x = emb.permute(2, 3, 0, 1).reshape(h * w, n, d)  # P x N x d (one copy of the channels-last embedding)
         del emb
         progress("padim statistics", 1, 2)
         mean, inv_cov = gaussian_statistics(x, self.cfg.regularisation)
@@ -91,8 +91,8 @@ class Padim(HeatmapDetector):
         t0 = time.perf_counter()
         emb = self._embed(features)
         n, d, h, w = emb.shape
-        # P x N x d, contiguous: torch.bmm on the strided view measured 11 ms/image vs 0.5 (batch 16, 2 cores)
-        delta = (emb.reshape(n, d, h * w).permute(2, 0, 1) - torch.from_numpy(self.mean)[:, None, :]).contiguous()
+        # P x N x d, contiguous: torch.bmm on a strided view measured 11 ms/image vs 0.5 (batch 16, 2 cores)
+        delta = emb.permute(2, 3, 0, 1).reshape(h * w, n, d) - torch.from_numpy(self.mean)[:, None, :]
         left = torch.bmm(delta, torch.from_numpy(self.inv_cov))  # P x N x d
         m2 = (left * delta).sum(dim=2).clamp_min(0).sqrt().T  # N x P
         maps = m2.reshape(n, h, w).numpy()
