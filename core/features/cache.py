@@ -108,7 +108,8 @@ class FeatureCache:
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         blob = save(arrays, metadata={"sha256": _payload_digest(arrays)})
         try:
-            atomic_write_bytes(self._path(key), blob)
+            # Not fsynced: an entry a power cut leaves damaged fails its digest on read and is recomputed.
+            atomic_write_bytes(self._path(key), blob, durable=False)
         except OSError as exc:  # disk full, read-only or no rights: the features are still returned, not cached
             self.stats.write_errors += 1
             if self.stats.write_errors == 1:
