@@ -4,10 +4,12 @@
 
 Fits each detector on magnetic_tile's train/good (features from the disk cache when warm), then scores
 ``--images`` test images from disk without the feature cache, in batches of 16 and one at a time. The baseline
-rows are the same PatchCore model with the backbone as built (``BN not folded``: BatchNorm as separate layers) and
-as built in the plain NCHW layout (``NCHW, BN not folded``: the backbone before either speed-up), timed in the same
-process in alternating rounds with the default (channels-last, BatchNorm folded); each row is the median of its
-rounds, so the ratios are fair on a noisy machine.
+rows are the same PatchCore model with the backbone as built (``backbone as built``: BatchNorm as separate layers,
+TF "same" padding by padded copies) and as built in the plain NCHW layout (``NCHW, backbone as built``: before any
+of the backbone speed-ups), timed in the same process in alternating rounds with the default (channels-last
+inference copy: BatchNorm folded, padding inside the convolutions); each row is the median of its rounds, so the
+ratios are fair on a noisy machine. Thread settings are the product's (``core/config.py``: OMP_WAIT_POLICY=PASSIVE
+with GOMP_SPINCOUNT=20000), which no row can switch inside one process.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ def time_detector(det, paths: list[str]) -> dict[str, float]:
     return out
 
 
-VARIANTS = {  # row name -> (channels_last, batchnorm folded, key of its speed-up ratio)
+VARIANTS = {  # row name -> (channels_last, inference copy, key of its speed-up ratio)
     "patchcore": (True, True, ""),
-    "patchcore (BN not folded)": (True, False, "bn_not_folded"),
-    "patchcore (NCHW, BN not folded)": (False, False, "nchw_bn_not_folded"),
+    "patchcore (backbone as built)": (True, False, "as_built"),
+    "patchcore (NCHW, backbone as built)": (False, False, "nchw_as_built"),
 }
 
 

@@ -4,9 +4,10 @@ Importing ``core`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch or faiss load t
 with both in one process their worker threads otherwise spin-wait and waste a core on a 2-core machine.
 PASSIVE alone makes every idle thread sleep at once, so each of the ~60 small parallel regions of a CNN
 forward pays a futex wake-up; ``GOMP_SPINCOUNT=20000`` (libgomp honours it over the policy) lets a thread spin
-briefly (well under a millisecond) before sleeping. Measured with a saved magnetic_tile PatchCore model on 2 cores
-(48 test images, 3 rounds per setting, one process each): one image at a time 50-58 ms with PASSIVE alone,
-42-45 with 2,000 spins, 35-41 with 20,000, 41-43 with 200,000; batches of 16: 36-41, 35-40, 32-38, 35-38 ms.
+briefly (well under a millisecond) before sleeping.
+``python benchmarks/thread_policy.py`` (a saved magnetic_tile PatchCore, 48 test images, each setting in its own
+process, 2 alternating rounds): batches of 16 46.1 ms/image with PASSIVE alone, 40.4 with 2,000 spins, 33.9 with
+20,000, 34.7 with 200,000; one image at a time 68.1 / 45.7 / 40.4 / 41.9 ms (1.36x and 1.69x for 20,000).
 """
 
 from __future__ import annotations
