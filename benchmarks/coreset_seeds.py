@@ -2,10 +2,11 @@
 224 px) fitted with several seeds (the seed sets the greedy start point and the random projection), each scored
 on magnetic_tile's ``test`` (MVTec protocol) and ``val_mix``.
 
-    .venv/bin/python benchmarks/coreset_seeds.py [--seeds 0,1,2,3,4,5] [--projection-dim 0]
+    .venv/bin/python benchmarks/coreset_seeds.py [--seeds 0,1,2,3,4,5] [--projection-dim 0] [--backbone NAME]
 
 Features come from the disk cache when warm, so each seed costs a coreset and two scoring passes. Prints one
-row per seed and the mean / standard deviation; writes benchmarks/results/coreset_seeds.json.
+row per seed and the mean / standard deviation; writes benchmarks/results/coreset_seeds.json (with
+``_proj<D>`` and ``_<backbone>`` suffixes for non-default settings).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4,5")
     ap.add_argument("--projection-dim", type=int, default=0,
                     help="0: the default (auto: none for lite0's 152 channels); >= 152 also means none")
+    ap.add_argument("--backbone", default="tf_efficientnet_lite0")
     args = ap.parse_args()
     started = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -37,7 +39,7 @@ def main() -> None:
     train = [str(index.abs_path(r)) for r in index.split("train_normal")]
     rows, out = [], {}
     for seed in seeds:
-        det = PatchCore(PatchCoreConfig(seed=seed, projection_dim=args.projection_dim))
+        det = PatchCore(PatchCoreConfig(backbone=args.backbone, seed=seed, projection_dim=args.projection_dim))
         det.fit(train, cache=cache)
         for split in ("test", "val_mix"):
             scored = score_with_ground_truth(det, index, index.split(split), cache)
@@ -59,8 +61,10 @@ def main() -> None:
             rows.append(["mean ± sd", split + " " + key, round(float(v.mean()), 4),
                          round(summary[f"{split}_{key}"]["std"], 4), ""])
     print(table(["seed", "split", "image AUROC", "pixel AUROC", "image AUROC (map max)"], rows))
-    name = "coreset_seeds" if args.projection_dim == 0 else f"coreset_seeds_proj{args.projection_dim}"
-    write_result(name, {"seeds": seeds, "projection_dim": args.projection_dim, "runs": out, "summary": summary}, started)
+    name = "coreset_seeds" + (f"_proj{args.projection_dim}" if args.projection_dim else "")
+    name += "" if args.backbone == "tf_efficientnet_lite0" else f"_{args.backbone}"
+    write_result(name, {"seeds": seeds, "projection_dim": args.projection_dim, "backbone": args.backbone,
+                        "runs": out, "summary": summary}, started)
 
 
 if __name__ == "__main__":
