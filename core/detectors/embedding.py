@@ -51,10 +51,10 @@ def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[li
         raise ValueError(f"channel indices outside 0..{sum(int(m.shape[1]) for m in maps) - 1}")
     selected, picked, start = [], [], 0
     for m in maps:
-        mine = channels[(channels >= start) & (channels < start + m.shape[1])]
-        selected.append(m[:, torch.as_tensor(np.sort(mine) - start, dtype=torch.long)].contiguous(
-            memory_format=torch.channels_last))
-        picked.append(np.sort(mine))
+        mine = np.sort(channels[(channels >= start) & (channels < start + m.shape[1])])
+        keep = torch.as_tensor(mine - start, dtype=torch.long)
+        selected.append(m[:, keep].contiguous(memory_format=torch.channels_last))
+        picked.append(mine)
         start += int(m.shape[1])
     concat_order = np.concatenate(picked)  # channel index at each concatenated position
     position = {int(c): i for i, c in enumerate(concat_order)}
