@@ -84,7 +84,8 @@ def run_coreset(index: DatasetIndex, settings: CoresetSettings = CoresetSettings
 def _notes(rows: list[dict], s: CoresetSettings) -> list[str]:
     notes = [f"PatchCore on {s.backbone} (default layers), {s.image_size} px, flat exact search, evaluated on "
              f"`{s.split}`; the features come from the cache, so selection s is the coreset step alone "
-             "(greedy and variance: batched k-center on a 128-dim projection)."]
+             "(greedy and variance: batched k-center in the default space: all channels up to 256 wide, "
+             "else a 128-dim random projection)."]
     if rows:
         best = max(rows, key=lambda r: r["image_auroc"] or -1)
         notes.append(f"Best image AUROC: {best['method']} at {best['ratio_pct']:g} % ({best['image_auroc']:.3f}).")
