@@ -105,6 +105,11 @@ def _goto(page, name: str) -> None:
 
 def _set_number(page, label: str, value: str) -> None:
     box = page.get_by_label(label, exact=True)
+    # While a rerun finishes, Streamlit can briefly show the previous run's (stale) input beside the new one:
+    # wait for one, then fill (strict mode still fails the test if two remain).
+    deadline = time.time() + STEP_TIMEOUT_MS / 1000
+    while box.count() != 1 and time.time() < deadline:
+        page.wait_for_timeout(100)
     box.fill(value)
     box.press("Enter")
     _idle(page)
