@@ -47,8 +47,9 @@ def patch_embedding(
 def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
     """Each layer's share of ``channels`` (indices into the concatenation) and the permutation that puts the
     concatenated selections back in ``channels`` order (the identity when ``channels`` is sorted)."""
-    if channels.size and (channels.min() < 0 or channels.max() >= sum(int(m.shape[1]) for m in maps)):
-        raise ValueError(f"channel indices outside 0..{sum(int(m.shape[1]) for m in maps) - 1}")
+    total = sum(int(m.shape[1]) for m in maps)
+    if channels.size and (channels.min() < 0 or channels.max() >= total):
+        raise ValueError(f"channel indices outside 0..{total - 1}")
     selected, picked, start = [], [], 0
     for m in maps:
         mine = np.sort(channels[(channels >= start) & (channels < start + m.shape[1])])
@@ -56,9 +57,8 @@ def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[li
         selected.append(m[:, keep].contiguous(memory_format=torch.channels_last))
         picked.append(mine)
         start += int(m.shape[1])
-    concat_order = np.concatenate(picked)  # channel index at each concatenated position
-    position = {int(c): i for i, c in enumerate(concat_order)}
-    return selected, np.array([position[int(c)] for c in channels], dtype=np.int64)
+    concat_order = np.concatenate(picked)  # channel index at each concatenated position: sorted, layers in order
+    return selected, np.searchsorted(concat_order, channels).astype(np.int64)
 
 
 def local_variance(emb: torch.Tensor) -> torch.Tensor:
