@@ -113,7 +113,9 @@ def fit_section(root: str | None) -> None:
     backbones = wb.backbone_choices() or ["tf_efficientnet_lite0"]
     backbone = c2.selectbox("Backbone", backbones, key="fit_backbone",
                             help="Offline ImageNet CNNs and a DINOv2 ViT; tf_efficientnet_lite0 is the fastest.")
-    size = c3.selectbox("Image size", wb.image_size_choices(backbone), key="fit_size")
+    size = c3.selectbox("Image size", wb.image_size_choices(backbone, detector), key="fit_size",
+                        help="The first size is the detector's default (PatchCore on a CNN: 208, chosen on "
+                             "magnetic_tile's validation split).")
     c4, c5, c6 = st.columns(3)
     if detector == "patchcore":
         coreset = c4.selectbox("Coreset method", wb.coreset_methods(), key="fit_coreset",

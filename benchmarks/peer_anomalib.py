@@ -6,7 +6,8 @@
     .venv/bin/python benchmarks/peer_anomalib.py --models padim   # one model
 
 For each model (PatchCore coreset 1 %, k = 9; PaDiM 100 random channels) on ``shared/datasets/magnetic_tile``
-with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4 at 224 x 224, mean = std = 0.5:
+with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4 at 224 x 224, mean = std = 0.5 (the product's PatchCore
+at its own default input, 208 x 208 with the fine layer weighted 0.5, its maps resized to 224 for the pixel metric):
 
 * the product runs in this process: ``det.fit(train, cache=FeatureCache(<fresh temp dir>))`` (so its fit time
   includes feature extraction; it holds out ~10 % of the same training list to fix its score normalisation),
@@ -141,6 +142,12 @@ def metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.
     from core.metrics import image_metrics, pixel_auroc
 
     im = image_metrics(labels, scores)
+    if maps.shape[-2:] != masks.shape[-2:]:  # the product's PatchCore maps at its 208-px input: onto the 224 grid
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+        maps = F.interpolate(t, size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)[:, 0].numpy()
     return {
         "image_auroc": im.auroc,
         "image_ap": im.ap,
@@ -153,8 +160,9 @@ def make_detector(model: str):
     from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig
 
     if model == "patchcore":
-        return PatchCore(PatchCoreConfig(backbone=BACKBONE, layers=LAYERS, image_size=SIZE, ratio=0.01,
-                                         num_neighbors=9))
+        # The product's defaults (input 208 px, fine-layer weight 0.5: benchmarks/patchcore_defaults.py), not the
+        # peer's 224 px; maps are resized to the peer's 224 grid for the pixel metric.
+        return PatchCore(PatchCoreConfig(backbone=BACKBONE, layers=LAYERS, ratio=0.01, num_neighbors=9))
     return Padim(PadimConfig(backbone=BACKBONE, layers=LAYERS, image_size=SIZE, n_channels=100))
 
 
@@ -404,7 +412,8 @@ def main() -> None:
             "subset": None if n_train is None and n_test is None else
             f"lowest sha1('{SUBSET_SEED}:path') per split; test stratified per class",
             "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
-            "patchcore": {"coreset_ratio": 0.01, "num_neighbors": 9},
+            "patchcore": {"coreset_ratio": 0.01, "num_neighbors": 9,
+                          "product_image_size": "the product's default (208), maps resized bilinearly to 224"},
             "padim": {"n_channels": 100},
             "timing": f"ms/image from decoded images: {PROBE_IMAGES} test images in batches of {PROBE_BATCH}, "
                       f"then {PROBE_SINGLE} one at a time, median of {PROBE_ROUNDS} rounds; "

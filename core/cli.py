@@ -39,7 +39,8 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", choices=["patchcore", "padim"], default="patchcore")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--layers", default="", help="comma-separated module names (default: the backbone's)")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=0,
+                   help="input size in px (default 0: the detector's, 208 for PatchCore on a CNN, else 224)")
     p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy")
     p.add_argument("--ratio", type=float, default=0.01, help="coreset size as a share of all patches")
     p.add_argument("--coreset-size", type=int, default=None, help="absolute coreset size (overrides --ratio)")

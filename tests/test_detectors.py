@@ -58,7 +58,8 @@ def test_patchcore_separates_real_defects(patchcore, data, cache):
     res = patchcore.score_paths(test, cache=cache)
     m = image_metrics(labels, res.scores)
     assert m.auroc is not None and m.auroc > 0.8, m
-    assert res.maps.shape == (len(test), 224, 224)
+    assert patchcore.image_size == 208  # the default input for a CNN
+    assert res.maps.shape == (len(test), 208, 208)
     assert np.isfinite(res.maps).all()
 
 
@@ -132,6 +133,33 @@ def test_model_saved_before_the_knn_map_keeps_its_nearest_neighbour_map(patchcor
     assert old_res.maps.mean() < new_res.maps.mean()  # nearest distance <= mean of the 3 nearest
 
 
+def test_model_saved_before_layer_weighting_keeps_unweighted_features(patchcore, data, tmp_path):
+    from core.data import read_image
+
+    patchcore.save(tmp_path / "model")
+    cfg_path = tmp_path / "model" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["params"]["fine_layer_weight"] == 0.5 and cfg["image_size"] == 208
+    del cfg["params"]["fine_layer_weight"]
+    cfg_path.write_text(json.dumps(cfg))
+    old = load_detector(tmp_path / "model")
+    assert old.cfg.fine_layer_weight == 1.0 and old.image_size == 208
+    feats = patchcore.extractor().extract_images([read_image(data[1][0])])
+    new_emb, old_emb = patchcore._embed(feats), old._embed(feats)
+    fine = feats["blocks.2"].shape[1]
+    np.testing.assert_allclose(new_emb[:, :fine].numpy(), 0.5 * old_emb[:, :fine].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(new_emb[:, fine:].numpy(), old_emb[:, fine:].numpy())
+
+
+def test_default_input_sizes():
+    from core.detectors import default_image_size
+
+    assert default_image_size("patchcore", "tf_efficientnet_lite0") == 208
+    assert default_image_size("patchcore", "vit_small_patch14_dinov2.lvd142m") == 224  # a multiple of 14
+    assert default_image_size("padim", "tf_efficientnet_lite0") == 224
+    assert PatchCore(PatchCoreConfig(image_size=256)).image_size == 256  # an explicit size is kept
+
+
 def test_model_made_with_other_weights_is_refused(patchcore, tmp_path):
     patchcore.save(tmp_path / "model")
     cfg_path = tmp_path / "model" / "config.json"
@@ -203,6 +231,21 @@ def test_channel_subset_is_picked_before_upsampling_without_changing_the_embeddi
         np.testing.assert_allclose(sub.numpy(), full[:, torch.as_tensor(channels)].numpy(), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="channel indices"):
         patch_embedding(feats, ("a", "b"), neighbourhood, channels=np.array([12]))
+
+
+def test_fine_weight_scales_only_the_finest_layer_and_only_beside_coarser_ones():
+    from core.detectors.embedding import patch_embedding
+
+    rng = np.random.default_rng(1)
+    feats = {"a": rng.normal(size=(2, 5, 8, 8)).astype(np.float32), "b": rng.normal(size=(2, 7, 4, 4)).astype(np.float32)}
+    plain = patch_embedding(feats, ("a", "b"), 3).numpy()
+    weighted = patch_embedding(feats, ("b", "a"), 3, fine_weight=0.5).numpy()  # order of the layers does not matter
+    np.testing.assert_allclose(weighted[:, 7:], 0.5 * plain[:, :5], rtol=1e-6)  # "a" is the 8 x 8 (finest) layer
+    np.testing.assert_array_equal(weighted[:, :7], plain[:, 5:])
+    # one resolution only: nothing is finer than anything else, so nothing is scaled
+    same = {"a": feats["a"], "c": rng.normal(size=(2, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(patch_embedding(same, ("a", "c"), 3, fine_weight=0.5).numpy(),
+                                  patch_embedding(same, ("a", "c"), 3).numpy())
 
 
 def test_cli_score_reports_bad_file_and_scores_the_rest(patchcore, data, tmp_path, capsys):

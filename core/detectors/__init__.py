@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.detectors.base import FitReport, HeatmapDetector, ScoreResult
+from core.detectors.base import FitReport, HeatmapDetector, ScoreResult, default_image_size
 from core.detectors.padim import Padim, PadimConfig
 from core.detectors.patchcore import PatchCore, PatchCoreConfig
 from core.detectors.search import SearchConfig
@@ -35,5 +35,6 @@ __all__ = [
     "PatchCoreConfig",
     "ScoreResult",
     "SearchConfig",
+    "default_image_size",
     "load_detector",
 ]

@@ -10,13 +10,13 @@ stacks) + ``linalg.inv`` 1.3 s to 2.6-8.4 s on a shared 2-core machine (784 posi
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from core.detectors.base import HeatmapDetector
+from core.detectors.base import HeatmapDetector, default_image_size
 from core.detectors.embedding import patch_embedding
 from core.progress import ProgressFn
 
@@ -27,7 +27,7 @@ class PadimConfig:
 
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[str, ...] = ()  # empty: the backbone's default
-    image_size: int = 224
+    image_size: int = 0  # 0: default_image_size("padim", backbone), 224 px
     n_channels: int = 100
     regularisation: float = 0.01
     blur_sigma: float = 4.0
@@ -65,6 +65,8 @@ class Padim(HeatmapDetector):
     kind = "padim"
 
     def __init__(self, config: PadimConfig = PadimConfig()) -> None:
+        if not config.image_size:
+            config = replace(config, image_size=default_image_size("padim", config.backbone))
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed)
         self.cfg = config
         self.channels: np.ndarray | None = None

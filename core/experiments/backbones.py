@@ -24,6 +24,7 @@ from core.experiments.common import (
     progress_stage,
     records_of,
     score_records,
+    size_text,
     spread,
 )
 from core.progress import ProgressFn, no_progress
@@ -57,7 +58,7 @@ class BackboneSettings:
     n_train: int | None = None  # None: all of train_normal
     n_eval: int | None = None  # None: the whole split
     ratio: float = 0.01
-    image_size: int = 224
+    image_size: int = 0  # 0: PatchCore's default (208 px on CNNs, 224 on ViTs)
     timing_images: int = 32
     seed: int = 0
 
@@ -141,7 +142,7 @@ def run_backbones(index: DatasetIndex, settings: BackboneSettings = BackboneSett
 
 def _notes(measured: list[dict], s: BackboneSettings) -> list[str]:
     notes = [
-        f"PatchCore, greedy coreset {s.ratio:.0%}, {s.image_size} px, each backbone's default layers; evaluated on "
+        f"PatchCore, greedy coreset {s.ratio:.0%}, {size_text(s.image_size)}, each backbone's default layers; evaluated on "
         f"`{s.split}`; fit s = feature extraction (no cache) + coreset + index + calibration, weights loading "
         "excluded; ms / image = end to end on decoded images, batches of 16, no cache; peak RSS = the whole process.",
         "ResNet50, CLIP and ViT-B: no package ships their weights and the model hub is unreachable here, so they "

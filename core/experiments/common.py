@@ -57,6 +57,13 @@ class StudyResult:
 # Data slices
 
 
+def size_text(image_size: int) -> str:
+    """How a study's ``image_size`` setting reads in its notes (0 = PatchCore's defaults)."""
+    if image_size:
+        return f"{image_size} px"
+    return "PatchCore's default input (208 px on CNNs, 224 on ViTs) and fine-layer weight 0.5"
+
+
 def records_of(index: DatasetIndex, split: str) -> list[ImageRecord]:
     """The split's records, or [] when the split is empty (domain sets have no mixed splits)."""
     return [index.records[i] for i in index.splits.get(split, [])]

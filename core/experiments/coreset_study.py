@@ -10,7 +10,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.data import DatasetIndex
-from core.experiments.common import Column, StudyResult, balanced, paths_of, progress_stage, records_of, score_records, spread
+from core.experiments.common import (
+    Column,
+    StudyResult,
+    balanced,
+    paths_of,
+    progress_stage,
+    records_of,
+    score_records,
+    size_text,
+    spread,
+)
 from core.progress import ProgressFn, no_progress
 
 COLUMNS = [
@@ -34,7 +44,7 @@ class CoresetSettings:
     split: str = "test"
     n_train: int | None = None
     n_eval: int | None = None
-    image_size: int = 224
+    image_size: int = 0  # 0: PatchCore's default (208 px on CNNs, 224 on ViTs)
     seed: int = 0
 
     @classmethod
@@ -82,7 +92,7 @@ def run_coreset(index: DatasetIndex, settings: CoresetSettings = CoresetSettings
 
 
 def _notes(rows: list[dict], s: CoresetSettings) -> list[str]:
-    notes = [f"PatchCore on {s.backbone} (default layers), {s.image_size} px, flat exact search, evaluated on "
+    notes = [f"PatchCore on {s.backbone} (default layers), {size_text(s.image_size)}, flat exact search, evaluated on "
              f"`{s.split}`; the features come from the cache, so selection s is the coreset step alone "
              "(greedy and variance: batched k-center in the default space: all channels up to 256 wide, "
              "else a 128-dim random projection)."]

@@ -59,7 +59,7 @@ class CrossDomainSettings:
     mmd_max: int = 400  # at most this many images per set in the MMD (spread over the set)
     permutations: int = 1000
     ratio: float = 0.01
-    image_size: int = 224
+    image_size: int = 0  # 0: PatchCore's default (208 px on CNNs, 224 on ViTs)
     seed: int = 0
 
     @classmethod

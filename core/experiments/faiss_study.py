@@ -48,7 +48,7 @@ class FaissSettings:
     mirror: bool = True
     rerank_factor: int = 8
     backbone: str = "tf_efficientnet_lite0"
-    image_size: int = 224
+    image_size: int = 0  # 0: PatchCore's default (208 px on CNNs, 224 on ViTs)
     seed: int = 0
     batch: int = 32
 

@@ -126,8 +126,9 @@ def patchcore_on(view: LayerView, s: FusionSettings):
     """A PatchCore that takes its features from ``view`` (its layers are the view's keys)."""
     from core.detectors import PatchCore, PatchCoreConfig
 
+    # Plain concatenation (fine-layer weight 1): how to weight layers and backbones is what this study compares.
     det = PatchCore(PatchCoreConfig(backbone=s.backbone, layers=view.spec.layers, image_size=s.image_size,
-                                    ratio=s.ratio, seed=s.seed))
+                                    ratio=s.ratio, seed=s.seed, fine_layer_weight=1.0))
     det.use_feature_source(view)
     return det
 

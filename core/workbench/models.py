@@ -49,11 +49,17 @@ def coreset_methods() -> list[str]:
     return ["greedy", *[m for m in METHODS if m != "greedy"]]
 
 
-def image_size_choices(backbone: str) -> list[int]:
-    """Input sizes offered for a backbone (multiples of 14 for the DINOv2 ViT, of 32 for CNNs)."""
+def image_size_choices(backbone: str, detector: str = "patchcore") -> list[int]:
+    """Input sizes offered for a backbone, the detector's default first (multiples of 14 for the DINOv2 ViT, of 16
+    for CNNs)."""
+    from core.detectors import default_image_size
+
     if "dinov2" in backbone or backbone.startswith("vit"):
-        return [224, 168, 252, 280, 336]
-    return [224, 160, 192, 256, 288, 320]
+        sizes = [224, 168, 252, 280, 336]
+    else:
+        sizes = [208, 224, 160, 192, 256, 288, 320]
+    first = default_image_size(detector, backbone)
+    return [first, *[s for s in sizes if s != first]]
 
 
 @dataclass
@@ -62,7 +68,7 @@ class FitSettings:
 
     detector: str = "patchcore"
     backbone: str = "tf_efficientnet_lite0"
-    image_size: int = 224
+    image_size: int = 0  # 0: the detector's default for the backbone
     coreset: str = "greedy"
     ratio: float = 0.01
     seed: int = 0
