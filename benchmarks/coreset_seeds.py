@@ -1,6 +1,6 @@
 """How much does PatchCore's accuracy depend on the coreset's random draw? The default model (greedy 1 %, lite0,
-224 px) fitted with several seeds (the seed sets the greedy start point and the random projection), each scored
-on magnetic_tile's ``test`` (MVTec protocol) and ``val_mix``.
+208 px) fitted with several seeds (the seed sets the greedy start point and the random
+projection), each scored on magnetic_tile's ``test`` (MVTec protocol) and ``val_mix``.
 
     .venv/bin/python benchmarks/coreset_seeds.py [--seeds 0,1,2,3,4,5] [--projection-dim 0] [--backbone NAME]
 

@@ -3,7 +3,7 @@ scored on magnetic_tile's ``val_mix`` (where defaults are picked) and ``test`` (
 
     .venv/bin/python benchmarks/patchcore_defaults.py [--grid 224:1,224:2,...] [--seeds 0,1,2]
 
-Pixel AUROC is computed on one common grid for every size: maps resized bilinearly to 224 x 224 and compared
+Pixel AUROC and AUPRO are computed on one common grid for every size: maps resized bilinearly to 224 x 224 and compared
 with the masks at 224 (nearest), as the side-by-side with anomalib does, so a smaller input does not score on
 coarser masks. Everything else is the default (1 % greedy coreset, lite0, k = 9 reweighting, 3-NN map,
 sigma 4). Prints one row per setting (mean over seeds) and writes benchmarks/results/patchcore_defaults.json.
@@ -17,7 +17,7 @@ import time
 import numpy as np
 from common import MAGNETIC_TILE, table, write_result
 
-DEFAULT_GRID = "224:1,224:2,224:0.5,224:0.25,208:1,208:0.5,192:0.5"
+DEFAULT_GRID = "224:1,224:2,224:0.5,208:1,208:0.75,208:0.5,192:1"
 EVAL_SIZE = 224
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     from core.detectors import PatchCore, PatchCoreConfig
     from core.evaluation import ground_truth_masks, score_with_ground_truth
     from core.features import FeatureCache
-    from core.metrics import image_metrics, pixel_auroc
+    from core.metrics import aupro, image_metrics, pixel_auroc
 
     index = index_dataset(MAGNETIC_TILE)
     cache = FeatureCache()
@@ -62,28 +62,30 @@ def main() -> None:
                     masks[split] = ground_truth_masks(index, scored.records, EVAL_SIZE, [])
                 gt, usable = masks[split]
                 res = scored.result
+                maps = at_eval_size(res.maps)[usable]
                 runs.append({
                     "image_size": size, "fine_layer_weight": weight, "seed": seed, "split": split,
                     "image_auroc": image_metrics(scored.labels, res.scores).auroc,
-                    "pixel_auroc": pixel_auroc(gt[usable], at_eval_size(res.maps)[usable]),
+                    "pixel_auroc": pixel_auroc(gt[usable], maps),
+                    "aupro": aupro(gt[usable], maps),
                     "memory_bank_size": int(len(det.bank)),
                 })
             print(f"  {size} px, weight {weight}, seed {seed}: " + ", ".join(
-                f"{r['split']} {r['image_auroc']:.4f} / {r['pixel_auroc']:.4f}" for r in runs[-2:]), flush=True)
+                f"{r['split']} {r['image_auroc']:.4f} / {r['pixel_auroc']:.4f} / {r['aupro']:.4f}" for r in runs[-2:]), flush=True)
     summary, rows = [], []
     for size, weight in grid:
         row = {"image_size": size, "fine_layer_weight": weight}
         for split in ("val_mix", "test"):
             mine = [r for r in runs if (r["image_size"], r["fine_layer_weight"], r["split"]) == (size, weight, split)]
-            for key in ("image_auroc", "pixel_auroc"):
+            for key in ("image_auroc", "pixel_auroc", "aupro"):
                 v = np.array([r[key] for r in mine])
                 row[f"{split}_{key}"] = float(v.mean())
                 row[f"{split}_{key}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         summary.append(row)
-        rows.append([size, weight] + [f"{row[k]:.4f} ± {row[k + '_sd']:.4f}" for k in
-                                      ("val_mix_image_auroc", "val_mix_pixel_auroc", "test_image_auroc",
-                                       "test_pixel_auroc")])
-    print(table(["size", "fine weight", "val_mix image", "val_mix pixel", "test image", "test pixel"], rows))
+        rows.append([size, weight] + [f"{row[f'{sp}_{k}']:.4f} ± {row[f'{sp}_{k}_sd']:.4f}"
+                                      for sp in ("val_mix", "test") for k in ("image_auroc", "pixel_auroc", "aupro")])
+    print(table(["size", "fine weight", "val_mix image AUROC", "val_mix pixel AUROC", "val_mix AUPRO",
+                 "test image AUROC", "test pixel AUROC", "test AUPRO"], rows))
     write_result("patchcore_defaults", {"grid": [list(g) for g in grid], "seeds": seeds, "eval_size": EVAL_SIZE,
                                         "summary": summary, "runs": runs}, started)
 

@@ -7,7 +7,7 @@
 
 For each model (PatchCore coreset 1 %, k = 9; PaDiM 100 random channels) on ``shared/datasets/magnetic_tile``
 with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4 at 224 x 224, mean = std = 0.5 (the product's PatchCore
-at its own default input, 208 x 208 with the fine layer weighted 0.5, its maps resized to 224 for the pixel metric):
+at its own default input, 208 x 208, its maps resized to 224 for the pixel metric):
 
 * the product runs in this process: ``det.fit(train, cache=FeatureCache(<fresh temp dir>))`` (so its fit time
   includes feature extraction; it holds out ~10 % of the same training list to fix its score normalisation),
@@ -160,7 +160,7 @@ def make_detector(model: str):
     from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig
 
     if model == "patchcore":
-        # The product's defaults (input 208 px, fine-layer weight 0.5: benchmarks/patchcore_defaults.py), not the
+        # The product's default input (208 px: benchmarks/patchcore_defaults.py), not the
         # peer's 224 px; maps are resized to the peer's 224 grid for the pixel metric.
         return PatchCore(PatchCoreConfig(backbone=BACKBONE, layers=LAYERS, ratio=0.01, num_neighbors=9))
     return Padim(PadimConfig(backbone=BACKBONE, layers=LAYERS, image_size=SIZE, n_channels=100))

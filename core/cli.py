@@ -28,6 +28,7 @@ def _detector_from_args(args: argparse.Namespace):
             coreset_size=args.coreset_size,
             num_neighbors=args.num_neighbors,
             map_neighbors=args.map_neighbors,
+            fine_layer_weight=args.fine_layer_weight,
             index=SearchConfig(kind=args.index, nprobe=args.nprobe),
             seed=args.seed,
         )
@@ -47,6 +48,9 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-neighbors", type=int, default=9, help="bank neighbours for the score reweighting")
     p.add_argument("--map-neighbors", type=int, default=3,
                    help="nearest bank patches averaged into each map cell (1 = the paper's nearest-neighbour map)")
+    p.add_argument("--fine-layer-weight", type=float, default=1.0,
+                   help="PatchCore: scale of the stride-8 features in patch distances (<1 favours image-level "
+                        "detection and pixel AUROC, >1 small defects and AUPRO)")
     p.add_argument("--index", choices=["flat", "ivfpq"], default="flat")
     p.add_argument("--nprobe", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)

@@ -133,22 +133,25 @@ def test_model_saved_before_the_knn_map_keeps_its_nearest_neighbour_map(patchcor
     assert old_res.maps.mean() < new_res.maps.mean()  # nearest distance <= mean of the 3 nearest
 
 
-def test_model_saved_before_layer_weighting_keeps_unweighted_features(patchcore, data, tmp_path):
+def test_fine_layer_weight_is_saved_and_models_without_it_load_unweighted(patchcore, data, tmp_path):
     from core.data import read_image
 
     patchcore.save(tmp_path / "model")
     cfg_path = tmp_path / "model" / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    assert cfg["params"]["fine_layer_weight"] == 0.5 and cfg["image_size"] == 208
-    del cfg["params"]["fine_layer_weight"]
+    assert cfg["params"]["fine_layer_weight"] == 1.0 and cfg["image_size"] == 208
+    cfg["params"]["fine_layer_weight"] = 0.5
     cfg_path.write_text(json.dumps(cfg))
-    old = load_detector(tmp_path / "model")
-    assert old.cfg.fine_layer_weight == 1.0 and old.image_size == 208
+    weighted = load_detector(tmp_path / "model")
+    assert weighted.cfg.fine_layer_weight == 0.5 and weighted.image_size == 208
     feats = patchcore.extractor().extract_images([read_image(data[1][0])])
-    new_emb, old_emb = patchcore._embed(feats), old._embed(feats)
+    plain_emb, weighted_emb = patchcore._embed(feats), weighted._embed(feats)
     fine = feats["blocks.2"].shape[1]
-    np.testing.assert_allclose(new_emb[:, :fine].numpy(), 0.5 * old_emb[:, :fine].numpy(), rtol=1e-6)
-    np.testing.assert_array_equal(new_emb[:, fine:].numpy(), old_emb[:, fine:].numpy())
+    np.testing.assert_allclose(weighted_emb[:, :fine].numpy(), 0.5 * plain_emb[:, :fine].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(weighted_emb[:, fine:].numpy(), plain_emb[:, fine:].numpy())
+    del cfg["params"]["fine_layer_weight"]  # saved before the option existed
+    cfg_path.write_text(json.dumps(cfg))
+    assert load_detector(tmp_path / "model").cfg.fine_layer_weight == 1.0
 
 
 def test_default_input_sizes():

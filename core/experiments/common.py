@@ -61,7 +61,7 @@ def size_text(image_size: int) -> str:
     """How a study's ``image_size`` setting reads in its notes (0 = PatchCore's defaults)."""
     if image_size:
         return f"{image_size} px"
-    return "PatchCore's default input (208 px on CNNs, 224 on ViTs) and fine-layer weight 0.5"
+    return "PatchCore's default input (208 px on CNNs, 224 on ViTs)"
 
 
 def records_of(index: DatasetIndex, split: str) -> list[ImageRecord]:
