@@ -22,14 +22,10 @@ EVAL_SIZE = 224
 
 
 def at_eval_size(maps: np.ndarray) -> np.ndarray:
-    """N x s x s maps -> N x 224 x 224 (bilinear), the common grid of the pixel metric."""
-    import torch
-    import torch.nn.functional as F
+    """N x s x s maps -> N x 224 x 224 (bilinear, no blur), the common grid of the pixel metrics."""
+    from core.detectors.postprocess import upsample_and_blur
 
-    if maps.shape[-1] == EVAL_SIZE:
-        return maps
-    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    return F.interpolate(t, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", align_corners=False)[:, 0].numpy()
+    return maps if maps.shape[-1] == EVAL_SIZE else upsample_and_blur(maps, EVAL_SIZE, sigma=0)
 
 
 def main() -> None:
@@ -70,8 +66,9 @@ def main() -> None:
                     "aupro": aupro(gt[usable], maps),
                     "memory_bank_size": int(len(det.bank)),
                 })
-            print(f"  {size} px, weight {weight}, seed {seed}: " + ", ".join(
-                f"{r['split']} {r['image_auroc']:.4f} / {r['pixel_auroc']:.4f} / {r['aupro']:.4f}" for r in runs[-2:]), flush=True)
+            done = ", ".join(f"{r['split']} {r['image_auroc']:.4f} / {r['pixel_auroc']:.4f} / {r['aupro']:.4f}"
+                             for r in runs[-2:])
+            print(f"  {size} px, weight {weight}, seed {seed}: {done}", flush=True)
     summary, rows = [], []
     for size, weight in grid:
         row = {"image_size": size, "fine_layer_weight": weight}

@@ -142,12 +142,10 @@ def metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.
     from core.metrics import image_metrics, pixel_auroc
 
     im = image_metrics(labels, scores)
-    if maps.shape[-2:] != masks.shape[-2:]:  # the product's PatchCore maps at its 208-px input: onto the 224 grid
-        import torch
-        import torch.nn.functional as F
+    if maps.shape[-1] != masks.shape[-1]:  # the product's PatchCore maps at its 208-px input: onto the 224 grid
+        from core.detectors.postprocess import upsample_and_blur
 
-        t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-        maps = F.interpolate(t, size=tuple(masks.shape[-2:]), mode="bilinear", align_corners=False)[:, 0].numpy()
+        maps = upsample_and_blur(maps, masks.shape[-1], sigma=0)
     return {
         "image_auroc": im.auroc,
         "image_ap": im.ap,
