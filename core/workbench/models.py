@@ -52,9 +52,10 @@ def coreset_methods() -> list[str]:
 def image_size_choices(backbone: str, detector: str = "patchcore") -> list[int]:
     """Input sizes offered for a backbone, the detector's default first (multiples of 14 for the DINOv2 ViT, of 16
     for CNNs)."""
+    from core.backbones import get_backbone_info
     from core.detectors import default_image_size
 
-    if "dinov2" in backbone or backbone.startswith("vit"):
+    if get_backbone_info(backbone).kind == "vit":
         sizes = [224, 168, 252, 280, 336]
     else:
         sizes = [208, 224, 160, 192, 256, 288, 320]
