@@ -26,6 +26,8 @@ def _detector_from_args(args: argparse.Namespace):
             coreset=args.coreset,
             ratio=args.ratio,
             coreset_size=args.coreset_size,
+            rescore_ratio=args.rescore_ratio,
+            rescore_patches=args.rescore_patches,
             num_neighbors=args.num_neighbors,
             map_neighbors=args.map_neighbors,
             fine_layer_weight=args.fine_layer_weight,
@@ -45,6 +47,11 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy")
     p.add_argument("--ratio", type=float, default=0.01, help="coreset size as a share of all patches")
     p.add_argument("--coreset-size", type=int, default=None, help="absolute coreset size (overrides --ratio)")
+    p.add_argument("--rescore-ratio", type=float, default=0.05,
+                   help="PatchCore: the image score's bank, the same greedy run continued to this share of patches "
+                        "(<= --ratio: one bank, as in the paper)")
+    p.add_argument("--rescore-patches", type=int, default=8,
+                   help="PatchCore: patches per image re-measured against the image score's bank")
     p.add_argument("--num-neighbors", type=int, default=9, help="bank neighbours for the score reweighting")
     p.add_argument("--map-neighbors", type=int, default=3,
                    help="nearest bank patches averaged into each map cell (1 = the paper's nearest-neighbour map)")

@@ -39,3 +39,16 @@ def test_duplicates_and_sizes():
     assert len(np.unique(res.indices)) == 100
     with pytest.raises(ValueError, match="variance"):
         select_coreset(_clustered(100, 8, 0), "variance", ratio=0.1)
+
+
+@pytest.mark.parametrize("method", ["greedy", "variance", "random"])
+def test_every_prefix_of_a_longer_selection_is_the_shorter_selection(method):
+    """PatchCore's map bank is the first part of its image-score bank: this must be the same set as a direct fit."""
+    x = _clustered(5000, 16, 4)
+    v = np.random.default_rng(4).random(5000).astype(np.float32)
+    short = select_coreset(x, method, ratio=0.01, projection_dim=0, variance=v, seed=7).indices
+    long = select_coreset(x, method, ratio=0.05, projection_dim=0, variance=v, seed=7).indices
+    if method == "random":  # another size draws another set; the prefix must still be spread, i.e. not sorted
+        assert long[: len(short)].max() > len(x) // 2 and long[: len(short)].min() < len(x) // 2
+        return
+    np.testing.assert_array_equal(long[: len(short)], short)

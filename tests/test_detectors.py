@@ -47,7 +47,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def patchcore(data, cache):
-    det = PatchCore(PatchCoreConfig(ratio=0.05))
+    det = PatchCore(PatchCoreConfig(ratio=0.02))  # default rescore_ratio 0.05: a second, larger image-score bank
     report = det.fit(data[0], cache=cache)
     assert report.n_fit_images == N_TRAIN and 1 <= report.n_calibration_images < N_TRAIN
     return det
@@ -117,6 +117,59 @@ def test_patchcore_map_and_score_match_brute_force(patchcore, data, cache):
     assert maps_lo.mean() > maps[2].mean()  # without its own patches the image looks less familiar
 
 
+def _reweighted_reference(m_test: np.ndarray, s_star: float, m_star_row: int, bank: np.ndarray, k: int = 9) -> float:
+    """Paper eq. 7 written out in float64: softmax over the distances from m_test to m*'s k nearest bank rows."""
+    to_m_star = np.sqrt(((bank - bank[m_star_row]) ** 2).sum(-1))
+    support = bank[np.argsort(to_m_star, kind="stable")[:k]]
+    d = np.sqrt(((support - m_test) ** 2).sum(-1))
+    w = np.exp(d - d.max())
+    return float((1.0 - w[0] / w.sum()) * s_star)
+
+
+def test_image_score_bank_extends_the_map_bank_and_matches_brute_force(patchcore, data, cache):
+    """The map bank is the first 2 % of one greedy run, the image-score bank the first 5 %; the image score is the
+    paper's, taken in the larger bank over the 8 patches farthest from the smaller one."""
+    from core.detectors.embedding import to_patches
+
+    plain = PatchCore(PatchCoreConfig(ratio=0.02, rescore_ratio=0.0))
+    plain.fit(data[0], cache=cache)
+    np.testing.assert_array_equal(plain.bank, patchcore.bank)  # greedy picks are a prefix chain
+    assert plain.extra_bank is None and len(patchcore.extra_bank) > len(patchcore.bank)
+    big, source, _ = patchcore._score_bank()
+    big = big.astype(np.float64)
+    assert patchcore._params()["image_score_bank_size"] == len(big) == len(source)
+
+    feats = patchcore.extractor(cache).extract_paths(data[1][-3:] + data[0][:1]).features
+    patches = to_patches(patchcore._embed(feats)).astype(np.float64)
+    n = 4
+    per_image = len(patches) // n
+    scores, maps, _ = patchcore._score_embeddings(feats)
+    plain_scores, plain_maps, _ = plain._score_embeddings(feats)
+    np.testing.assert_allclose(maps, plain_maps, rtol=1e-6)  # maps come from the map bank alone
+
+    def expected(rows: np.ndarray, keep_small: np.ndarray, keep_big: np.ndarray) -> float:
+        small = patchcore.bank.astype(np.float64)[keep_small]
+        d_small = np.sqrt(((rows[:, None] - small[None]) ** 2).sum(-1)).min(axis=1)
+        top = np.argsort(-d_small, kind="stable")[:8]
+        allowed = np.flatnonzero(keep_big)
+        d_big = np.sqrt(((rows[top][:, None] - big[allowed][None]) ** 2).sum(-1))
+        j = int(d_big.min(axis=1).argmax())
+        # the reweighting's support points are m*'s neighbours in the whole bank, as for the map bank
+        return _reweighted_reference(rows[top[j]], float(d_big[j].min()), int(allowed[d_big[j].argmin()]), big)
+
+    everything_small, everything_big = np.ones(len(patchcore.bank), bool), np.ones(len(big), bool)
+    for i in range(n):
+        rows = patches[i * per_image : (i + 1) * per_image]
+        # faiss works in float32 (|q|^2 - 2 q.b + |b|^2): agreement to ~1e-3 relative
+        np.testing.assert_allclose(scores[i], expected(rows, everything_small, everything_big), rtol=2e-3)
+    assert not np.allclose(scores, plain_scores)
+    # calibration: training image 0 scored as if unseen, its rows skipped in both banks
+    lo, _, _ = patchcore._score_embeddings({k: v[3:] for k, v in feats.items()}, leave_out=np.array([0]))
+    rows = patches[3 * per_image :]
+    want = expected(rows, patchcore.bank_source[:, 0] != 0, source[:, 0] != 0)
+    np.testing.assert_allclose(lo[0], want, rtol=2e-3)
+
+
 def test_model_saved_before_the_knn_map_keeps_its_nearest_neighbour_map(patchcore, data, tmp_path):
     from core.data import read_image
 
@@ -177,7 +230,7 @@ def test_model_made_with_other_weights_is_refused(patchcore, tmp_path):
 def test_ivfpq_with_rerank_matches_flat_distances(patchcore, data):
     from core.detectors.search import MemoryBankIndex
 
-    bank = patchcore.bank
+    bank = patchcore._score_bank()[0]  # 1,352 rows: enough for IVF cells (the 541-row map bank falls back to flat)
     rng = np.random.default_rng(0)
     queries = bank[rng.choice(len(bank), 200, replace=False)] + rng.normal(0, 0.05, (200, bank.shape[1])).astype(
         np.float32

@@ -177,7 +177,8 @@ def select_coreset(
     seed: int = 0,
     progress: ProgressFn = no_progress,
 ) -> CoresetResult:
-    """Choose memory-bank rows of ``features`` (N x C).
+    """Choose memory-bank rows of ``features`` (N x C), in pick order: every prefix of the result is the coreset
+    of that size (greedy picks form a chain; random draws are returned unsorted).
 
     ``variance`` (N,) is each patch's local feature variance, required by ``method="variance"``: the greedy
     objective becomes ``(1 + v / mean(v)) * d``, favouring irregular patches (the replaced system's idea).
@@ -191,7 +192,9 @@ def select_coreset(
     if k >= n:
         idx = np.arange(n)
     elif method == "random":
-        idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+        # In draw order, not sorted: like greedy picks, every prefix is then a coreset of its own (PatchCore's
+        # map bank is the prefix of its image-score bank). The set for a given k is the same either way.
+        idx = np.random.default_rng(seed).choice(n, size=k, replace=False)
     else:
         weights = None
         if method == "variance":

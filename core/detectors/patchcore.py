@@ -5,6 +5,12 @@ Pure model here; features come through the cache (base class), the map is upsamp
 by how isolated that patch's neighbour is within the bank (``num_neighbors`` support points). Anomaly map: each
 patch's mean distance to its ``map_neighbors`` nearest bank patches (1 = the paper's nearest-neighbour map; the
 k-NN mean is SPADE's pixel score, Cohen & Hoshen 2020).
+
+Two banks from one greedy run (``rescore_ratio`` > ``ratio``): k-center greedy picks form a prefix chain, so the
+first ``ratio`` of a longer run is exactly the ``ratio`` coreset. The map searches that small bank for every patch;
+the image score needs only the most anomalous patch, so the ``rescore_patches`` patches farthest from the small
+bank are searched again in the whole run (5x the rows at the default) and the paper's score is taken there. It
+costs ~1 ms per image instead of the ~5x search a 5 % bank would cost for every patch.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 import torch
 
 from core.detectors.base import HeatmapDetector, default_image_size
-from core.detectors.coreset import select_coreset
+from core.detectors.coreset import coreset_size, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
 from core.detectors.search import MemoryBankIndex, SearchConfig
 from core.progress import ProgressFn
@@ -40,6 +46,12 @@ class PatchCoreConfig:
     coreset: str = "greedy"
     ratio: float = 0.01
     coreset_size: int | None = None
+    # The image score's bank: the same greedy run continued to this ratio (k-center picks are a prefix chain, so
+    # the map bank above is its first part). The ``rescore_patches`` patches farthest from the map bank are
+    # re-measured against it and the paper's score (s*, reweighted) taken there; maps keep the smaller bank.
+    # <= ratio: off (one bank, the paper). benchmarks/rescore_bank.py, magnetic_tile, seeds 0-5: see README.
+    rescore_ratio: float = 0.05
+    rescore_patches: int = 8
     # Coreset distances in a random projection to this many dimensions; 0 = auto: none up to 256 channels (lite0's
     # 152), else 128 (the paper's). On lite0 a 128-dim projection only added noise: test image AUROC over seeds
     # 0-5 0.955 +- 0.006 projected vs 0.960 +- 0.004 unprojected (benchmarks/coreset_seeds.py).
@@ -68,6 +80,10 @@ class PatchCore(HeatmapDetector):
         self.cfg = config
         self.bank: np.ndarray | None = None
         self.bank_source: np.ndarray | None = None  # (image index, row, col) of each bank row in train_paths
+        # The image score's bank beyond ``bank`` (greedy picks after the map bank's) and where its rows came from.
+        self.extra_bank: np.ndarray | None = None
+        self.extra_source: np.ndarray | None = None
+        self.rescore_index: MemoryBankIndex | None = None
         self.grid: tuple[int, int] = (0, 0)
         self.index: MemoryBankIndex | None = None
         self.coreset_seconds = 0.0
@@ -100,24 +116,40 @@ class PatchCore(HeatmapDetector):
         variance = local_variance(emb).reshape(-1).numpy() if self.cfg.coreset == "variance" else None
         patches = to_patches(emb)
         del emb
+        n_map = coreset_size(len(patches), None if self.cfg.coreset_size else self.cfg.ratio, self.cfg.coreset_size)
+        n_all = max(n_map, coreset_size(len(patches), self.cfg.rescore_ratio, None)) if self.cfg.rescore_ratio > 0 else n_map
         cs = select_coreset(
             patches,
             self.cfg.coreset,
-            ratio=None if self.cfg.coreset_size else self.cfg.ratio,
-            size=self.cfg.coreset_size,
+            ratio=None,
+            size=n_all,
             projection_dim=self.projection_dim_for(patches.shape[1]),
             variance=variance,
             seed=self.seed,
             progress=progress,
         )
         self.coreset_seconds = cs.seconds
-        idx = np.sort(cs.indices)
-        self.bank = np.ascontiguousarray(patches[idx])
-        img, rem = np.divmod(idx, h * w)
-        self.bank_source = np.stack([img, rem // w, rem % w], axis=1).astype(np.int32)
+        # select_coreset returns picks in order (greedy) or in random order: any prefix is a coreset of its own.
+        self.bank, self.bank_source = _rows_and_sources(patches, cs.indices[:n_map], h, w)
+        self.extra_bank, self.extra_source = (
+            _rows_and_sources(patches, cs.indices[n_map:], h, w) if n_all > n_map else (None, None)
+        )
         t0 = time.perf_counter()
-        self.index = MemoryBankIndex(self.bank, self.cfg.index, seed=self.seed)
+        self._build_indexes()
         return {"coreset": cs.seconds, "index": time.perf_counter() - t0}
+
+    def _build_indexes(self) -> None:
+        self.index = MemoryBankIndex(self.bank, self.cfg.index, seed=self.seed)
+        self.rescore_index = None
+        if self.extra_bank is not None and len(self.extra_bank):
+            self.rescore_index = MemoryBankIndex(np.concatenate([self.bank, self.extra_bank]), self.cfg.index,
+                                                 seed=self.seed)
+
+    def _score_bank(self) -> tuple[np.ndarray, np.ndarray, MemoryBankIndex]:
+        """The bank the image score is taken in: its rows, their sources and its index."""
+        if self.rescore_index is None:
+            return self.bank, self.bank_source, self.index
+        return self.rescore_index.bank, np.concatenate([self.bank_source, self.extra_source]), self.rescore_index
 
     def _score_embeddings(
         self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
@@ -135,36 +167,69 @@ class PatchCore(HeatmapDetector):
         dist = np.sqrt(d2)
         nearest = dist[:, 0].reshape(n, h * w)
         patch_map = dist.mean(axis=1).reshape(n, h, w)
-        scores = self._reweighted_scores(patches.reshape(n, h * w, -1), nearest, nn[:, 0].reshape(n, h * w))
+        patches = patches.reshape(n, h * w, -1)
+        nn0 = nn[:, 0].reshape(n, h * w)
+        if self.rescore_index is not None:
+            patches, nearest, nn0 = self._rescore_farthest(patches, nearest, leave_out)
+        bank, _, index = self._score_bank()
+        scores = self._reweighted_scores(patches, nearest, nn0, bank, index)
         return scores, patch_map, {"search": time.perf_counter() - t0}
 
+    def _rescore_farthest(
+        self, patches: np.ndarray, nearest: np.ndarray, leave_out: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``rescore_patches`` patches of each image farthest from the map bank (N x T x C), their distances
+        to the image-score bank (N x T) and their nearest rows there (N x T)."""
+        n, p, c = patches.shape
+        t = max(1, min(int(self.cfg.rescore_patches), p))
+        top = np.argsort(-nearest, axis=1, kind="stable")[:, :t]
+        picked = np.ascontiguousarray(np.take_along_axis(patches, top[:, :, None], axis=1))
+        queries = picked.reshape(n * t, c)
+        if leave_out is None:
+            d2, nn = self.rescore_index.search(queries, 1)
+        else:
+            _, source, index = self._score_bank()
+            d2, nn = self._search_leaving_out(queries, np.repeat(np.asarray(leave_out), t), 1, index, source)
+        return picked, np.sqrt(d2[:, 0]).reshape(n, t), nn[:, 0].reshape(n, t)
+
     def _search_leaving_out(
-        self, patches: np.ndarray, image_of_row: np.ndarray, k: int = 1
+        self,
+        patches: np.ndarray,
+        image_of_row: np.ndarray,
+        k: int = 1,
+        index: MemoryBankIndex | None = None,
+        source: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest bank rows of each patch among rows that did not come from ``image_of_row``'s image
-        (Q x k squared distances and indices, nearest first)."""
-        per_image = np.bincount(self.bank_source[:, 0])
-        k_all = int(min(len(self.bank), per_image.max() + k))
-        d2, nn = self.index.search(patches, k_all)
-        valid = (nn >= 0) & (self.bank_source[np.maximum(nn, 0), 0] != image_of_row[:, None])
+        (Q x k squared distances and indices, nearest first); in the map bank unless ``index`` / ``source``."""
+        index = self.index if index is None else index
+        source = self.bank_source if source is None else source
+        per_image = np.bincount(source[:, 0])
+        k_all = int(min(len(source), per_image.max() + k))
+        d2, nn = index.search(patches, k_all)
+        valid = (nn >= 0) & (source[np.maximum(nn, 0), 0] != image_of_row[:, None])
         # A stable sort puts each row's valid columns first, still in distance order. k_all leaves at least k
         # rows from other images whenever the bank has them; otherwise (one training image) own rows fill in.
         order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(d2, order, axis=1), np.take_along_axis(nn, order, axis=1)
 
-    def _reweighted_scores(self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray) -> np.ndarray:
-        """Paper eq. 7: s = (1 - softmax(||m_test - m_j||)_0) * s*, over m*'s neighbours m_j in the bank."""
+    def _reweighted_scores(
+        self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray, bank: np.ndarray, index: MemoryBankIndex
+    ) -> np.ndarray:
+        """Paper eq. 7: s = (1 - softmax(||m_test - m_j||)_0) * s*, over m*'s neighbours m_j in ``bank``.
+
+        ``patches`` N x P x C, ``dist`` / ``nn`` N x P: each patch's nearest distance and row in ``bank``."""
         rows = np.arange(len(dist))
         worst = dist.argmax(axis=1)
         s_star = dist[rows, worst]
-        k = min(self.cfg.num_neighbors, len(self.bank))
+        k = min(self.cfg.num_neighbors, len(bank))
         if k <= 1:
             return s_star
-        m_star = self.bank[nn[rows, worst]]
-        _, support = self.index.search(m_star, k)  # includes m* itself first
+        m_star = bank[nn[rows, worst]]
+        _, support = index.search(m_star, k)  # includes m* itself first
         support = np.where(support < 0, nn[rows, worst][:, None], support)
         m_test = patches[rows, worst]
-        d = np.linalg.norm(self.bank[support] - m_test[:, None, :], axis=2)
+        d = np.linalg.norm(bank[support] - m_test[:, None, :], axis=2)
         d = d - d.max(axis=1, keepdims=True)  # stable softmax
         soft = np.exp(d) / np.exp(d).sum(axis=1, keepdims=True)
         return (1.0 - soft[:, 0]) * s_star
@@ -190,16 +255,24 @@ class PatchCore(HeatmapDetector):
         d["layers"] = list(self.layers)
         d["grid"] = list(self.grid)
         d["memory_bank_size"] = 0 if self.bank is None else int(len(self.bank))
+        d["image_score_bank_size"] = d["memory_bank_size"] + (0 if self.extra_bank is None else len(self.extra_bank))
         d["coreset_seconds"] = self.coreset_seconds
         return d
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"bank": self.bank, "bank_source": self.bank_source}
+        arrays = {"bank": self.bank, "bank_source": self.bank_source}
+        if self.extra_bank is not None and len(self.extra_bank):
+            arrays.update(extra_bank=self.extra_bank, extra_source=self.extra_source)
+        return arrays
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.bank = np.ascontiguousarray(arrays["bank"], dtype=np.float32)
         self.bank_source = arrays["bank_source"]
-        self.index = MemoryBankIndex(self.bank, self.cfg.index, seed=self.seed)
+        self.extra_bank, self.extra_source = None, None
+        if "extra_bank" in arrays:
+            self.extra_bank = np.ascontiguousarray(arrays["extra_bank"], dtype=np.float32)
+            self.extra_source = arrays["extra_source"]
+        self._build_indexes()
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "PatchCore":
@@ -207,10 +280,18 @@ class PatchCore(HeatmapDetector):
         p["index"] = SearchConfig(**p["index"])
         p["layers"] = tuple(p["layers"])
         grid = tuple(p.pop("grid", (0, 0)))
-        for extra in ("memory_bank_size", "coreset_seconds"):
+        for extra in ("memory_bank_size", "image_score_bank_size", "coreset_seconds"):
             p.pop(extra, None)
         p.setdefault("map_neighbors", 1)  # models saved before the k-NN map keep their nearest-neighbour maps
         p.setdefault("fine_layer_weight", 1.0)  # models saved before layer weighting keep unweighted features
+        p.setdefault("rescore_ratio", 0.0)  # models saved before the image-score bank score in their one bank
         det = cls(PatchCoreConfig(**p))
         det.grid = grid
         return det
+
+
+def _rows_and_sources(patches: np.ndarray, picks: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bank rows for ``picks`` (indices into all patches, kept in patch order) and their (image, row, col)."""
+    idx = np.sort(picks)
+    img, rem = np.divmod(idx, h * w)
+    return np.ascontiguousarray(patches[idx]), np.stack([img, rem // w, rem % w], axis=1).astype(np.int32)

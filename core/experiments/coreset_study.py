@@ -55,8 +55,9 @@ def run_coreset(index: DatasetIndex, settings: CoresetSettings = CoresetSettings
     pairs = [(m, r) for m in s.methods for r in s.ratios]
     for i, (method, ratio) in enumerate(pairs):
         progress_stage(progress, "coreset settings", i, len(pairs))
+        # One bank per setting (no larger image-score bank): the bank itself is what this study varies.
         det = PatchCore(PatchCoreConfig(backbone=s.backbone, image_size=s.image_size, coreset=method, ratio=ratio,
-                                        seed=s.seed))
+                                        rescore_ratio=0.0, seed=s.seed))
         det.fit(train, cache=cache, progress=progress)
         sc = score_records(det, index, evals, cache=cache, with_aupro=False)
         rows.append({

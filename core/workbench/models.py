@@ -256,6 +256,8 @@ def model_info(folder: str | Path) -> ModelInfo:
     norm = cfg.get("normalisation") or {}
     if cfg.get("kind") == "patchcore":
         details = f"{p.get('coreset')} coreset {p.get('ratio')}, bank {p.get('memory_bank_size')}"
+        if (p.get("image_score_bank_size") or 0) > (p.get("memory_bank_size") or 0):
+            details += f" (image score: {p['image_score_bank_size']})"
     elif cfg.get("kind") == "padim":
         details = f"{p.get('n_channels')} channels"
     else:
