@@ -31,6 +31,10 @@ def reweighted(bank, index, m_test: np.ndarray, s_star: np.ndarray, nn: np.ndarr
     return (1.0 - e[:, 0] / e.sum(axis=1)) * s_star
 
 
+def _mean_sd(v: np.ndarray) -> str:
+    return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2,3,4,5")
@@ -102,8 +106,7 @@ def main() -> None:
             test = np.array([r["image_auroc"] for r in sel if r["split"] == "test"])
             val = np.array([r["image_auroc"] for r in sel if r["split"] == "val_mix"])
             ms = np.mean([r["search_ms_per_image"] for r in sel if r["split"] == "test"])
-            rows.append([f"{ratio:.0%}", sel[0]["bank"], t, f"{val.mean():.4f} ± {val.std(ddof=1) if len(val) > 1 else 0:.4f}",
-                         f"{test.mean():.4f} ± {test.std(ddof=1) if len(test) > 1 else 0:.4f}", f"{ms:.2f}"])
+            rows.append([f"{ratio:.0%}", sel[0]["bank"], t, _mean_sd(val), _mean_sd(test), f"{ms:.2f}"])
     print(table(["rescore bank", "rows", "patches T", "val_mix image AUROC", "test image AUROC",
                  "re-measure ms/image (batched)"], rows))
     write_result("rescore_bank", {"seeds": seeds, "map_bank": n_map, "runs": runs}, started)

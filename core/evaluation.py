@@ -246,6 +246,7 @@ def run_evaluate(
         coreset=params.get("coreset"),
         coreset_ratio=params.get("ratio"),
         memory_bank_size=params.get("memory_bank_size"),
+        image_score_bank_size=params.get("image_score_bank_size"),
         fit_seconds=fit_wall,
         fit_breakdown=fit.to_dict(),
         machine=f"{platform.machine()} {platform.processor() or ''}".strip(),

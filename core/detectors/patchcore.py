@@ -117,7 +117,9 @@ class PatchCore(HeatmapDetector):
         patches = to_patches(emb)
         del emb
         n_map = coreset_size(len(patches), None if self.cfg.coreset_size else self.cfg.ratio, self.cfg.coreset_size)
-        n_all = max(n_map, coreset_size(len(patches), self.cfg.rescore_ratio, None)) if self.cfg.rescore_ratio > 0 else n_map
+        n_all = n_map
+        if self.cfg.rescore_ratio > 0:
+            n_all = max(n_map, coreset_size(len(patches), self.cfg.rescore_ratio, None))
         cs = select_coreset(
             patches,
             self.cfg.coreset,
