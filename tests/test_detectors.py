@@ -49,7 +49,8 @@ def cache(tmp_path_factory):
 def patchcore(data, cache):
     det = PatchCore(PatchCoreConfig(ratio=0.02))  # default rescore_ratio 0.05: a second, larger image-score bank
     report = det.fit(data[0], cache=cache)
-    assert report.n_fit_images == N_TRAIN and 1 <= report.n_calibration_images < N_TRAIN
+    # every image in the bank; half of them, scored left out, fix the threshold (a 0.99 quantile needs many)
+    assert report.n_fit_images == N_TRAIN and report.n_calibration_images == N_TRAIN // 2
     return det
 
 

@@ -158,7 +158,8 @@ def run_cross_domain(index: DatasetIndex, settings: CrossDomainSettings = CrossD
 
 def _notes(rows: list[dict], s: CrossDomainSettings, home: str) -> list[str]:
     notes = [
-        f"PatchCore ({s.backbone}, greedy {s.ratio:.0%}) fitted on {home} train/good; the home threshold is the "
+        f"PatchCore ({s.backbone}, greedy {s.ratio:.0%}, image score in the default 5 % continuation) fitted on "
+        f"{home} train/good; the home threshold is the "
         "model's own (99th percentile of held-out normal scores, fixed at fit time), never tuned on any foreign set.",
         "The foreign sets hold only defect images: their flag rate is meaningful only beside the home rows (a "
         "detector that flags everything would score 1.0 there). Their 'defects flagged' equals their flag rate.",
