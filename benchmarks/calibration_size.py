@@ -17,7 +17,7 @@ import argparse
 import time
 
 import numpy as np
-from common import MAGNETIC_TILE, table, write_result
+from common import magnetic_tile_train, table, write_result
 
 
 def main() -> None:
@@ -28,15 +28,11 @@ def main() -> None:
     started = time.perf_counter()
     fractions = [float(f) for f in args.fractions.split(",")]
 
-    from core.data import index_dataset
     from core.data.splits import holdout
     from core.detectors import PatchCore, PatchCoreConfig
     from core.evaluation import score_with_ground_truth
-    from core.features import FeatureCache
 
-    index = index_dataset(MAGNETIC_TILE)
-    cache = FeatureCache()
-    train = [str(index.abs_path(r)) for r in index.split("train_normal")]
+    index, cache, train = magnetic_tile_train()
     det = PatchCore(PatchCoreConfig(seed=args.seed))
     det.fit(train, cache=cache)
     feats = det.extractor(cache).extract_paths(det.train_paths).features

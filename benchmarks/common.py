@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -61,6 +60,16 @@ def write_result(name: str, payload: dict[str, Any], started: float) -> Path:
     atomic_write_json(path, payload)
     print(f"\nwrote {path.relative_to(REPO)} (wall {payload['wall_seconds']:.0f} s)")
     return path
+
+
+def magnetic_tile_train() -> tuple[Any, Any, list[str]]:
+    """magnetic_tile's index, the default feature cache and the ``train_normal`` image paths (what most scripts
+    fit on)."""
+    from core.data import index_dataset
+    from core.features import FeatureCache
+
+    index = index_dataset(MAGNETIC_TILE)
+    return index, FeatureCache(), [str(index.abs_path(r)) for r in index.split("train_normal")]
 
 
 def patch_distances_on_splits(det, index, cache, splits: Sequence[str], k: int) -> dict[str, tuple]:

@@ -15,7 +15,7 @@ import argparse
 import time
 
 import numpy as np
-from common import MAGNETIC_TILE, table, write_result
+from common import magnetic_tile_train, table, write_result
 
 
 def main() -> None:
@@ -28,15 +28,11 @@ def main() -> None:
     started = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    from core.data import index_dataset
     from core.detectors import PatchCore, PatchCoreConfig
     from core.evaluation import score_with_ground_truth
-    from core.features import FeatureCache
     from core.metrics import image_metrics, pixel_auroc
 
-    index = index_dataset(MAGNETIC_TILE)
-    cache = FeatureCache()
-    train = [str(index.abs_path(r)) for r in index.split("train_normal")]
+    index, cache, train = magnetic_tile_train()
     rows, out = [], {}
     for seed in seeds:
         det = PatchCore(PatchCoreConfig(backbone=args.backbone, seed=seed, projection_dim=args.projection_dim))

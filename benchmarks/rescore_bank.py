@@ -20,7 +20,7 @@ import argparse
 import time
 
 import numpy as np
-from common import MAGNETIC_TILE, table, write_result
+from common import magnetic_tile_train, table, write_result
 
 
 def reweighted(bank, index, m_test: np.ndarray, s_star: np.ndarray, nn: np.ndarray, k: int = 9) -> np.ndarray:
@@ -48,18 +48,14 @@ def main() -> None:
 
     import faiss
 
-    from core.data import index_dataset
     from core.detectors import PatchCore, PatchCoreConfig
     from core.detectors.coreset import coreset_size, select_coreset
     from core.detectors.embedding import to_patches
-    from core.features import FeatureCache
     from core.metrics import image_metrics
 
-    index = index_dataset(MAGNETIC_TILE)
-    cache = FeatureCache()
+    index, cache, train = magnetic_tile_train()
     det = PatchCore(PatchCoreConfig(rescore_ratio=0.0))  # the default features (lite0, 208 px, strides 8 + 16)
     ext = det.extractor(cache)
-    train = [str(index.abs_path(r)) for r in index.split("train_normal")]
     train_patches = to_patches(det._embed(ext.extract_paths(train).features))
     splits = {}
     for split in ("test", "val_mix"):
