@@ -88,6 +88,7 @@ class PatchCore(HeatmapDetector):
         self.extra_bank: np.ndarray | None = None
         self.extra_source: np.ndarray | None = None
         self.rescore_index: MemoryBankIndex | None = None
+        self.score_source: np.ndarray | None = None  # bank_source, then extra_source: rows of the image-score bank
         self.grid: tuple[int, int] = (0, 0)
         self.index: MemoryBankIndex | None = None
         self.coreset_seconds = 0.0
@@ -146,16 +147,17 @@ class PatchCore(HeatmapDetector):
 
     def _build_indexes(self) -> None:
         self.index = MemoryBankIndex(self.bank, self.cfg.index, seed=self.seed)
-        self.rescore_index = None
+        self.rescore_index, self.score_source = None, self.bank_source
         if self.extra_bank is not None and len(self.extra_bank):
             self.rescore_index = MemoryBankIndex(np.concatenate([self.bank, self.extra_bank]), self.cfg.index,
                                                  seed=self.seed)
+            self.score_source = np.concatenate([self.bank_source, self.extra_source])
 
     def _score_bank(self) -> tuple[np.ndarray, np.ndarray, MemoryBankIndex]:
         """The bank the image score is taken in: its rows, their sources and its index."""
         if self.rescore_index is None:
             return self.bank, self.bank_source, self.index
-        return self.rescore_index.bank, np.concatenate([self.bank_source, self.extra_source]), self.rescore_index
+        return self.rescore_index.bank, self.score_source, self.rescore_index
 
     def _score_embeddings(
         self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
