@@ -155,23 +155,23 @@ def metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.
     }
 
 
-def make_detector(model: str):
+def make_detector(model: str, seed: int = 0):
     from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig
 
     if model == "patchcore":
         # The product's default input (208 px: benchmarks/patchcore_defaults.py), not the
         # peer's 224 px; maps are resized to the peer's 224 grid for the pixel metric.
-        return PatchCore(PatchCoreConfig(backbone=BACKBONE, layers=LAYERS, ratio=0.01, num_neighbors=9))
-    return Padim(PadimConfig(backbone=BACKBONE, layers=LAYERS, image_size=SIZE, n_channels=100))
+        return PatchCore(PatchCoreConfig(backbone=BACKBONE, layers=LAYERS, ratio=0.01, num_neighbors=9, seed=seed))
+    return Padim(PadimConfig(backbone=BACKBONE, layers=LAYERS, image_size=SIZE, n_channels=100, seed=seed))
 
 
-def run_product(model: str, train_paths: list[str], test_paths: list[str], labels, masks) -> dict:
+def run_product(model: str, train_paths: list[str], test_paths: list[str], labels, masks, seed: int = 0) -> dict:
     from core.data import read_image
     from core.features import FeatureCache
 
     gc.collect()
     reset_peak_rss()
-    det = make_detector(model)
+    det = make_detector(model, seed)
     with tempfile.TemporaryDirectory(prefix="peer-bench-cache-") as tmp:
         cache = FeatureCache(root=Path(tmp))
         t0 = time.perf_counter()
@@ -235,11 +235,12 @@ def feature_reference(path: Path, image_paths: list[str]) -> None:
 
 
 def run_peer(model: str, weights: Path, manifest: Path, masks_file: Path, ref: Path, dump: Path,
-             labels, masks) -> dict:
+             labels, masks, seed: int = 0) -> dict:
     cmd = [str(PEER_PY), str(PEER_DIR / "run_peer.py"), "--model", model, "--weights", str(weights),
            "--manifest", str(manifest), "--masks", str(masks_file), "--check-features", str(ref),
            "--dump", str(dump), "--batch", str(PROBE_BATCH), "--probe-images", str(PROBE_IMAGES),
-           "--probe-single", str(PROBE_SINGLE), "--probe-rounds", str(PROBE_ROUNDS), "--threads", str(THREADS)]
+           "--probe-single", str(PROBE_SINGLE), "--probe-rounds", str(PROBE_ROUNDS), "--threads", str(THREADS),
+           "--seed", str(seed)]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT=os.environ["GOMP_SPINCOUNT"], TQDM_DISABLE="1")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -338,6 +339,8 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, help="override the number of training images")
     ap.add_argument("--n-test", type=int, help="override the number of test images")
     ap.add_argument("--dataset", default=str(DATASET))
+    ap.add_argument("--seed", type=int, default=0,
+                    help="both sides: PatchCore's coreset start / PaDiM's channel draw (each side draws its own way)")
     ap.add_argument("--out", help="result JSON (default benchmarks/results/peer_anomalib[_quick].json)")
     args = ap.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -384,9 +387,9 @@ def main() -> None:
         feature_reference(ref, test_paths[:2])
         for model in models:
             log(f"=== {model}: product")
-            prod = run_product(model, train_paths, test_paths, labels, masks)
+            prod = run_product(model, train_paths, test_paths, labels, masks, args.seed)
             log(f"=== {model}: peer (anomalib)")
-            peer = run_peer(model, weights, manifest, masks_file, ref, tmp / f"{model}.npz", labels, masks)
+            peer = run_peer(model, weights, manifest, masks_file, ref, tmp / f"{model}.npz", labels, masks, args.seed)
             ratios = {
                 "fit": peer["fit"]["total_s"] / prod["fit"]["total_s"],
                 "ms_per_image": peer["timing"]["ms_per_image"] / prod["timing"]["ms_per_image"],
@@ -410,7 +413,7 @@ def main() -> None:
             "n_test_defective": int(labels.sum()),
             "subset": None if n_train is None and n_test is None else
             f"lowest sha1('{SUBSET_SEED}:path') per split; test stratified per class",
-            "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+            "seed": args.seed, "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
             "patchcore": {"coreset_ratio": 0.01, "num_neighbors": 9,
                           "product_image_size": "the product's default (208), maps resized bilinearly to 224"},
             "padim": {"n_channels": 100},

@@ -102,12 +102,56 @@ def test_feature_pass_stops_after_deepest_layer(photo):
     calls = []
     handles = [bb.inference_model.get_submodule(n).register_forward_hook(lambda *a, n=n: calls.append(n))
                for n in ("blocks.4", "blocks.5", "conv_head")]
+    bb.trace_features = False  # the eager pass (the traced one calls no Python modules: see the next test)
     try:
         bb.feature_maps(bb.preprocess([photo], 224), ["blocks.2", "blocks.4"])
     finally:
+        bb.trace_features = True
         for h in handles:
             h.remove()
     assert calls == ["blocks.4"]
+
+
+def test_traced_feature_pass_equals_eager_for_any_batch_and_skips_the_head(photo):
+    """The frozen graph (feature_graph.py) gives the eager features for batches other than the one it was
+    checked on, and computes nothing after the deepest layer (freezing drops the head)."""
+    bb = load_backbone("tf_efficientnet_lite0", "cpu")
+    layers = ["blocks.2", "blocks.4"]
+    images = [photo, photo[::-1], photo[:, ::-1], np.ascontiguousarray(photo[50:250, 60:300])]
+    x = bb.preprocess(images, 192)  # a size no other test traces: this test builds the graph
+    traced = {b: bb.feature_maps(x[:b], layers) for b in (1, 3, 4)}
+    graph = bb._graphs[(tuple(layers), tuple(bb._check_input(x).shape[1:]), x.dtype)]
+    assert graph is not None
+    bb.trace_features = False
+    try:
+        eager = bb.feature_maps(x, layers)
+    finally:
+        bb.trace_features = True
+    for b, maps in traced.items():
+        for n in layers:
+            assert maps[n].shape == eager[n][:b].shape
+            assert float((maps[n] - eager[n][:b]).abs().max()) <= 1e-5 * float(eager[n].abs().max()), (b, n)
+    convs_to_blocks4 = sum(isinstance(m, torch.nn.Conv2d) for name, m in bb.inference_model.named_modules()
+                           if name.startswith(("conv_stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3",
+                                               "blocks.4")))
+    all_convs = sum(isinstance(m, torch.nn.Conv2d) for m in bb.inference_model.modules())
+    graph_convs = sum(node.kind() in ("aten::conv2d", "aten::_convolution") for node in graph.graph.nodes())
+    assert graph_convs == convs_to_blocks4 < all_convs
+
+
+def test_traced_feature_pass_is_refused_when_it_differs():
+    from core.backbones.feature_graph import trace_feature_graph
+
+    bb = load_backbone("tf_efficientnet_lite0", "cpu")
+    x = bb._check_input(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    bb.trace_features = False
+    try:
+        eager = bb.feature_maps(x, ["blocks.2"])
+    finally:
+        bb.trace_features = True
+    assert trace_feature_graph(bb.inference_model, ["blocks.2"], x, eager) is not None
+    wrong = {"blocks.2": eager["blocks.2"] + 0.01 * float(eager["blocks.2"].abs().max())}
+    assert trace_feature_graph(bb.inference_model, ["blocks.2"], x, wrong) is None
 
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])

@@ -489,7 +489,10 @@ class LoadedBackbone:
     # ``model`` stays as built, for training.
     folded_model: torch.nn.Module | None = field(default=None, repr=False)
     use_folded: bool = False  # feature_maps/classify run ``folded_model``; see set_batchnorm_folding
+    trace_features: bool = True  # CPU feature pass of the inference copy as a frozen graph (feature_graph.py)
     _strides: dict[str, int] = field(default_factory=dict, repr=False)
+    _graphs: dict[tuple, torch.jit.ScriptModule | None] = field(default_factory=dict, repr=False)
+    _graph_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_channels_last(self, on: bool) -> None:
         """Run the CNN in NHWC layout (faster on CPU) or NCHW; features are the same up to float rounding."""
@@ -499,6 +502,7 @@ class LoadedBackbone:
             if m is not None:
                 m.to(memory_format=fmt)
         self.channels_last = on
+        self._graphs.clear()  # traced graphs hold the weights in the old layout
 
     def set_batchnorm_folding(self, on: bool) -> bool:
         """Run features through the BatchNorm-folded copy (faster on CPU, same features up to float rounding) or
@@ -509,6 +513,7 @@ class LoadedBackbone:
             if self.folded_model is not None and self.channels_last:
                 self.folded_model.to(memory_format=torch.channels_last)
         self.use_folded = bool(on) and self.folded_model is not None
+        self._graphs.clear()
         return self.use_folded
 
     @property
@@ -579,20 +584,45 @@ class LoadedBackbone:
         """B x C x h x w feature maps of the named modules; the forward pass stops after the deepest one.
 
         For ViT blocks the tokens are reshaped to B x C x (H / patch) x (W / patch), class/register tokens dropped.
+        On the CPU a CNN's inference copy runs as a frozen graph per input size (``feature_graph.py``), checked
+        against this eager pass when built.
         """
-        layers = list(dict.fromkeys(layers))
+        layers = tuple(dict.fromkeys(layers))
         if not layers:
             return {}
         x = self._check_input(x)
-        modules = {}
         for name in layers:
             try:
-                modules[name] = self.inference_model.get_submodule(name)
+                self.inference_model.get_submodule(name)
             except AttributeError:
                 raise WorkbenchError(
                     f"{self.info.name} has no layer {name!r}.",
                     f"Choose from: {', '.join(self.info.all_layers) or 'its module names'}.",
                 ) from None
+        graph = self._feature_graph(layers, x)
+        if graph is not None:
+            with torch.inference_mode():
+                outputs = graph(x)
+            return {n: self._to_map(t, x) for n, t in zip(layers, outputs)}
+        return {n: self._to_map(t, x) for n, t in self._eager_feature_maps(x, layers).items()}
+
+    def _feature_graph(self, layers: tuple[str, ...], x: torch.Tensor) -> torch.jit.ScriptModule | None:
+        """The traced feature pass for ``x``'s size (built and checked on first use), or None: run eagerly."""
+        if not (self.trace_features and self.use_folded and self.device.type == "cpu" and self.info.kind != "vit"):
+            return None
+        key = (layers, tuple(x.shape[1:]), x.dtype)
+        with self._graph_lock:
+            if key not in self._graphs:
+                from core.backbones.feature_graph import trace_feature_graph
+
+                probe = self._check_input(torch.cat([x[:1], x[:1].flip(-1)]))  # two images: batch size stays free
+                eager = self._eager_feature_maps(probe, layers)
+                self._graphs[key] = trace_feature_graph(self.inference_model, layers, probe, eager)
+            return self._graphs[key]
+
+    def _eager_feature_maps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Raw outputs of ``layers`` from a forward pass stopped after the deepest of them (hooks)."""
+        modules = {name: self.inference_model.get_submodule(name) for name in layers}
         captured: dict[str, torch.Tensor] = {}
 
         def make_hook(name: str):
@@ -623,7 +653,7 @@ class LoadedBackbone:
         if not_run:
             raise WorkbenchError(f"Layers {not_run} of {self.info.name} did not run in the feature pass.",
                                  f"Choose from: {', '.join(self.info.all_layers)}.")
-        return {n: self._to_map(captured[n], x) for n in layers}
+        return {n: captured[n] for n in layers}
 
     def _to_map(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.info.kind != "vit":

@@ -46,8 +46,9 @@ class PadFreeConv2dSame(nn.Conv2d):
             left, extra_w = _same_split(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
             x = F.pad(x, (left, left + extra_w, top, top + extra_h))
             return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        top, grow_h = _same_split(x.shape[-2], self.kernel_size[0], self.stride[0], 1)
-        left, grow_w = _same_split(x.shape[-1], self.kernel_size[1], self.stride[1], 1)
+        # int(): under torch.jit.trace the sizes become constants of a graph traced per input size.
+        top, grow_h = _same_split(int(x.shape[-2]), self.kernel_size[0], self.stride[0], 1)
+        left, grow_w = _same_split(int(x.shape[-1]), self.kernel_size[1], self.stride[1], 1)
         weight = {(0, 0): self.weight, (1, 0): self.w_grow_h, (0, 1): self.w_grow_w, (1, 1): self.w_grow_hw}[
             (grow_h, grow_w)
         ]

@@ -1,0 +1,80 @@
+"""The feature pass of a CNN's inference copy as one frozen TorchScript graph (CPU).
+
+Eager PyTorch pays Python and dispatcher overhead on every module call: lite0's feature pass makes ~180 of them
+per batch, which at batch 1 on 2 CPU cores is a quarter of its ~13 ms. A traced, frozen graph runs the same
+kernels from TorchScript's C++ interpreter and drops every operation the requested layers do not need (freezing
+removes dead code, so the head after the deepest layer is never computed). ``benchmarks/backbone_speed.py`` times
+it against the eager pass in the same process.
+
+Tracing records one input size; the graph is kept per (layers, height, width) and checked before first use: on
+a batch of two it must reproduce the eager pass bit for bit up to float rounding (``outputs_match``), so a
+graph that specialised on the batch size, or a model the tracer cannot follow, falls back to the eager pass
+instead of returning wrong features. Only inference copies are traced: freezing snapshots the weights, and the
+inference copy is already a snapshot (the model as built, which training may change, always runs eagerly).
+
+``torch.jit`` is deprecated in favour of ``torch.compile`` / ``torch.export``; compile needs a C++ toolchain at
+run time and tens of seconds per shape on 2 cores, export runs its graph from Python. Any failure here (a torch
+without ``torch.jit`` included) only means the eager pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from core.backbones.batchnorm_folding import outputs_match
+
+log = logging.getLogger(__name__)
+
+
+class _LayerOutputs(torch.nn.Module):
+    """``model.forward_features`` returning the outputs of ``layers`` (forward hooks, as the eager pass)."""
+
+    def __init__(self, model: torch.nn.Module, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = list(layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(name: str):
+            def hook(_module, _inputs, output):
+                captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+
+            return hook
+
+        handles = [self.model.get_submodule(n).register_forward_hook(keep(n)) for n in self.layers]
+        try:
+            self.model.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return tuple(captured[n] for n in self.layers)
+
+
+def trace_feature_graph(
+    model: torch.nn.Module, layers: Sequence[str], example: torch.Tensor, eager: dict[str, torch.Tensor]
+) -> torch.jit.ScriptModule | None:
+    """A frozen graph mapping ``example``-sized inputs to the ``layers`` outputs of ``model``, or None when it
+    cannot be built or does not reproduce ``eager`` (the eager outputs for ``example``, a batch of >= 2)."""
+    try:
+        with warnings.catch_warnings():
+            # The tracer warns that shape arithmetic becomes constants (intended: one graph per input size) and
+            # that torch.jit is deprecated (see the module docstring).
+            warnings.simplefilter("ignore")
+            with torch.inference_mode(False), torch.no_grad():
+                traced = torch.jit.trace(_LayerOutputs(model, layers).eval(), example[:1].clone(), check_trace=False)
+                graph = torch.jit.freeze(traced.eval())
+            with torch.inference_mode():
+                outputs = graph(example)
+    except Exception as exc:  # noqa: BLE001  (any tracer failure means: run eagerly)
+        log.info("feature pass not traced (%s: %s); running it eagerly", type(exc).__name__, exc)
+        return None
+    if len(outputs) != len(layers) or not all(outputs_match(eager[n], o) for n, o in zip(layers, outputs)):
+        log.warning("the traced feature pass differed from the eager one; running it eagerly")
+        return None
+    return graph
