@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/backbone_speed.py [--backbone tf_efficientnet_lite0] [--rounds 8]
 
-Three variants run channels-last on random 224-px inputs through the default layers, at batch 1, 4 (the CPU
+Four variants run channels-last on random 224-px inputs through the default layers, at batch 1, 4 (the CPU
 extractor's batch) and 16, in ``--rounds`` alternating rounds: the model as built, the copy with BatchNorm
-folded only, and the inference copy the product uses (folded + TF "same" padding inside the convolutions,
-``core/backbones/same_padding.py``). The table gives the median and the fastest round per image and the ratios
-against the model as built. Writes benchmarks/results/backbone_speed.json.
+folded only, the inference copy (folded + TF "same" padding inside the convolutions,
+``core/backbones/same_padding.py``) run eagerly, and the same copy as the frozen graph the product runs on the CPU
+(``core/backbones/feature_graph.py``). All but the last run eagerly. The table gives the median and the fastest
+round per image and the ratios against the model as built. Writes benchmarks/results/backbone_speed.json.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import numpy as np
 from common import table, write_result
 
-VARIANTS = ("as built", "folded only", "inference copy")
+VARIANTS = ("as built", "folded only", "inference copy", "traced inference copy")
 BATCHES = (1, 4, 16)
 
 
@@ -41,7 +42,8 @@ def main() -> None:
     if inference_copy is None:
         raise SystemExit(f"{args.backbone} has no inference copy (nothing to fold); nothing to compare.")
     fold_only = fold_batchnorm(bb.model)[0].to(memory_format=torch.channels_last)
-    models = {"as built": None, "folded only": fold_only, "inference copy": inference_copy}
+    models = {"as built": None, "folded only": fold_only, "inference copy": inference_copy,
+              "traced inference copy": inference_copy}
     x = torch.randn((16, 3, 224, 224), generator=torch.Generator().manual_seed(0))
     times: dict[tuple[str, int], list[float]] = {(v, b): [] for v in VARIANTS for b in BATCHES}
     for _ in range(args.rounds):
@@ -50,7 +52,8 @@ def main() -> None:
                 bb.set_batchnorm_folding(False)
             else:
                 bb.folded_model = models[variant]
-                bb.set_batchnorm_folding(True)
+                bb.set_batchnorm_folding(True)  # drops traced graphs: the warm-up below traces again
+            bb.trace_features = variant == "traced inference copy"
             for batch in BATCHES:
                 xb = x[:batch]
                 bb.feature_maps(xb, layers)  # warm-up
@@ -61,6 +64,7 @@ def main() -> None:
                 times[(variant, batch)].append(1000 * (time.perf_counter() - t0) / (reps * batch))
     bb.folded_model = inference_copy
     bb.set_batchnorm_folding(True)
+    bb.trace_features = True
     out, rows = {}, []
     for batch in BATCHES:
         med = {v: float(np.median(times[(v, batch)])) for v in VARIANTS}
@@ -68,12 +72,15 @@ def main() -> None:
             **{f"{v.replace(' ', '_')}_ms": med[v] for v in VARIANTS},
             "ratio_folded_only": med["as built"] / med["folded only"],
             "ratio_inference_copy": med["as built"] / med["inference copy"],
+            "ratio_traced": med["as built"] / med["traced inference copy"],
+            "ratio_traced_vs_eager_copy": med["inference copy"] / med["traced inference copy"],
             "rounds": {v: times[(v, batch)] for v in VARIANTS},
         }
         rows.append([batch] + [f"{med[v]:.1f} ({min(times[(v, batch)]):.1f})" for v in VARIANTS]
-                    + [round(med["as built"] / med["folded only"], 2), round(med["as built"] / med["inference copy"], 2)])
+                    + [round(med["as built"] / med[v], 2) for v in VARIANTS[1:]]
+                    + [round(med["inference copy"] / med["traced inference copy"], 2)])
     print(table(["batch"] + [f"{v} ms/img median (best)" for v in VARIANTS]
-                + ["as built / folded only", "as built / inference copy"], rows))
+                + [f"as built / {v}" for v in VARIANTS[1:]] + ["eager / traced copy"], rows))
     write_result("backbone_speed", {"backbone": args.backbone, "layers": layers, "rounds": args.rounds,
                                     "results": out}, started)
 

@@ -4,11 +4,12 @@
 
 Fits each detector on magnetic_tile's train/good (features from the disk cache when warm), then scores
 ``--images`` test images from disk without the feature cache, in batches of 16 and one at a time. The baseline
-rows are the same PatchCore model with the backbone as built (``backbone as built``: BatchNorm as separate layers,
-TF "same" padding by padded copies) and as built in the plain NCHW layout (``NCHW, backbone as built``: before any
-of the backbone speed-ups), timed in the same process in alternating rounds with the default (channels-last
-inference copy: BatchNorm folded, padding inside the convolutions); each row is the median of its rounds, so the
-ratios are fair on a noisy machine. Thread settings are the product's (``core/config.py``: OMP_WAIT_POLICY=PASSIVE
+rows are the same PatchCore model with the inference copy run eagerly (``eager inference copy``: no frozen graph,
+``core/backbones/feature_graph.py``), with the backbone as built (``backbone as built``: BatchNorm as separate
+layers, TF "same" padding by padded copies) and as built in the plain NCHW layout (``NCHW, backbone as built``:
+before any of the backbone speed-ups), timed in the same process in alternating rounds with the default
+(channels-last inference copy as a frozen graph: BatchNorm folded, padding inside the convolutions); each row is
+the median of its rounds, so the ratios are fair on a noisy machine. Thread settings are the product's (``core/config.py``: OMP_WAIT_POLICY=PASSIVE
 with GOMP_SPINCOUNT=20000), which no row can switch inside one process.
 """
 
@@ -46,10 +47,11 @@ def time_detector(det, paths: list[str]) -> dict[str, float]:
     return out
 
 
-VARIANTS = {  # row name -> (channels_last, inference copy, key of its speed-up ratio)
-    "patchcore": (True, True, ""),
-    "patchcore (backbone as built)": (True, False, "as_built"),
-    "patchcore (NCHW, backbone as built)": (False, False, "nchw_as_built"),
+VARIANTS = {  # row name -> (channels_last, inference copy, traced, key of its speed-up ratio)
+    "patchcore": (True, True, True, ""),
+    "patchcore (eager inference copy)": (True, True, False, "eager_copy"),
+    "patchcore (backbone as built)": (True, False, False, "as_built"),
+    "patchcore (NCHW, backbone as built)": (False, False, False, "nchw_as_built"),
 }
 
 
@@ -59,15 +61,17 @@ def backbone_baselines(det, sample: list[str], results: dict, rounds: int = 3) -
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     runs["patchcore"].append(results["patchcore"])
     for _ in range(rounds):
-        for name, (channels_last, folded, _) in VARIANTS.items():
+        for name, (channels_last, folded, traced, _) in VARIANTS.items():
             backbone.set_channels_last(channels_last)
             backbone.set_batchnorm_folding(folded)
+            backbone.trace_features = traced
             runs[name].append(time_detector(det, sample))
     backbone.set_channels_last(True)
     backbone.set_batchnorm_folding(True)
+    backbone.trace_features = True
     for name, rs in runs.items():
         results[name] = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
-    for baseline, (_, _, key) in list(VARIANTS.items())[1:]:
+    for baseline, (_, _, _, key) in list(VARIANTS.items())[1:]:
         for batch in ("batch1", "batch16"):
             results[f"speedup_vs_{key}_{batch}"] = (
                 results[baseline][f"end_to_end_{batch}_ms"] / results["patchcore"][f"end_to_end_{batch}_ms"])

@@ -17,7 +17,8 @@ def _detector_from_args(args: argparse.Namespace):
 
     layers = tuple(args.layers.split(",")) if args.layers else ()
     if args.detector == "padim":
-        return Padim(PadimConfig(backbone=args.backbone, layers=layers, image_size=args.image_size, seed=args.seed))
+        return Padim(PadimConfig(backbone=args.backbone, layers=layers, image_size=args.image_size,
+                                 n_channels=args.channels, seed=args.seed))
     return PatchCore(
         PatchCoreConfig(
             backbone=args.backbone,
@@ -58,6 +59,8 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fine-layer-weight", type=float, default=1.0,
                    help="PatchCore: scale of the stride-8 features in patch distances (<1 favours image-level "
                         "detection and pixel AUROC, >1 small defects and AUPRO)")
+    p.add_argument("--channels", type=int, default=100,
+                   help="PaDiM: random feature channels per position (lite0 has 152; all of them: 152)")
     p.add_argument("--index", choices=["flat", "ivfpq"], default="flat")
     p.add_argument("--nprobe", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)

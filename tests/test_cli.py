@@ -69,6 +69,13 @@ def test_missing_dataset_is_one_clear_line(capsys, tmp_path):
     assert "nope" in err and "Fix:" in err and "Traceback" not in err
 
 
+def test_padim_channel_count_is_checked_before_any_work(capsys, tmp_path):
+    rc = cli_main(["fit", "demo", "--detector", "padim", "--channels", "0", "--out", str(tmp_path / "m")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "at least 1 feature channel" in err and "Fix:" in err and not (tmp_path / "m").exists()
+
+
 def test_domain_set_cannot_be_evaluated_alone(capsys, tmp_path):
     from tests.conftest import SHARED
 

@@ -18,6 +18,7 @@ import torch
 
 from core.detectors.base import HeatmapDetector, default_image_size
 from core.detectors.embedding import patch_embedding
+from core.errors import WorkbenchError
 from core.progress import ProgressFn
 
 
@@ -65,6 +66,9 @@ class Padim(HeatmapDetector):
     kind = "padim"
 
     def __init__(self, config: PadimConfig = PadimConfig()) -> None:
+        if config.n_channels < 1:
+            raise WorkbenchError(f"PaDiM needs at least 1 feature channel per position; got {config.n_channels}.",
+                                 "Use the default (100) or up to the layers' total (152 on lite0's default layers).")
         if not config.image_size:
             config = replace(config, image_size=default_image_size("padim", config.backbone))
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed)
