@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 from common import MAGNETIC_TILE, table, write_result
 
 

@@ -28,6 +28,22 @@ def at_eval_size(maps: np.ndarray) -> np.ndarray:
     return maps if maps.shape[-1] == EVAL_SIZE else upsample_and_blur(maps, EVAL_SIZE, sigma=0)
 
 
+def score_split(det, index, split: str, cache, masks: dict) -> tuple[object, dict[str, float]]:
+    """Score ``split`` (features through ``cache``) and measure it: image AUROC on the raw scores, pixel AUROC and
+    AUPRO on the common 224 grid. ``masks`` keeps each split's ground truth between calls. Returns the scored
+    split (``core.evaluation.score_with_ground_truth``) and the three metrics."""
+    from core.evaluation import ground_truth_masks, score_with_ground_truth
+    from core.metrics import aupro, image_metrics, pixel_auroc
+
+    scored = score_with_ground_truth(det, index, index.split(split), cache, masks=False)
+    if split not in masks:
+        masks[split] = ground_truth_masks(index, scored.records, EVAL_SIZE, [])
+    gt, usable = masks[split]
+    maps = at_eval_size(scored.result.maps)[usable]
+    return scored, {"image_auroc": image_metrics(scored.labels, scored.result.scores).auroc,
+                    "pixel_auroc": pixel_auroc(gt[usable], maps), "aupro": aupro(gt[usable], maps)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--grid", default=DEFAULT_GRID, help="comma-separated image_size:fine_layer_weight pairs")
@@ -39,9 +55,7 @@ def main() -> None:
 
     from core.data import index_dataset
     from core.detectors import PatchCore, PatchCoreConfig
-    from core.evaluation import ground_truth_masks, score_with_ground_truth
     from core.features import FeatureCache
-    from core.metrics import aupro, image_metrics, pixel_auroc
 
     index = index_dataset(MAGNETIC_TILE)
     cache = FeatureCache()
@@ -53,19 +67,9 @@ def main() -> None:
             det = PatchCore(PatchCoreConfig(image_size=size, fine_layer_weight=weight, seed=seed))
             det.fit(train, cache=cache)
             for split in ("val_mix", "test"):
-                scored = score_with_ground_truth(det, index, index.split(split), cache, masks=False)
-                if split not in masks:
-                    masks[split] = ground_truth_masks(index, scored.records, EVAL_SIZE, [])
-                gt, usable = masks[split]
-                res = scored.result
-                maps = at_eval_size(res.maps)[usable]
-                runs.append({
-                    "image_size": size, "fine_layer_weight": weight, "seed": seed, "split": split,
-                    "image_auroc": image_metrics(scored.labels, res.scores).auroc,
-                    "pixel_auroc": pixel_auroc(gt[usable], maps),
-                    "aupro": aupro(gt[usable], maps),
-                    "memory_bank_size": int(len(det.bank)),
-                })
+                _, measured = score_split(det, index, split, cache, masks)
+                runs.append({"image_size": size, "fine_layer_weight": weight, "seed": seed, "split": split,
+                             **measured, "memory_bank_size": int(len(det.bank))})
             done = ", ".join(f"{r['split']} {r['image_auroc']:.4f} / {r['pixel_auroc']:.4f} / {r['aupro']:.4f}"
                              for r in runs[-2:])
             print(f"  {size} px, weight {weight}, seed {seed}: {done}", flush=True)

@@ -246,6 +246,34 @@ def test_ivfpq_with_rerank_matches_flat_distances(patchcore, data):
     np.testing.assert_allclose(d[:, 0], exact, rtol=1e-4, atol=1e-5)  # re-ranked distances are exact ones
 
 
+def test_flat_search_split_over_threads_equals_one_call(patchcore, monkeypatch):
+    """The queries of a flat search are searched in slices on a thread pool (faiss-cpu's OpenBLAS is single-
+    threaded): same neighbours, same distances up to float rounding, any k, any query count, in order."""
+    import faiss
+
+    from core.detectors import search
+    from core.detectors.search import MemoryBankIndex
+
+    monkeypatch.setattr(faiss, "omp_get_max_threads", lambda: 3)  # three slices even on a 2-core machine
+    bank = patchcore._score_bank()[0]
+    rng = np.random.default_rng(1)
+    index = MemoryBankIndex(bank)
+    for n, k in [(1000, 1), (677, 3), (193, 9), (100, 2)]:
+        queries = bank[rng.choice(len(bank), n)] + rng.normal(0, 0.1, (n, bank.shape[1])).astype(np.float32)
+        assert search.query_slices(n, 3) == min(3, n // search.MIN_QUERIES_PER_SLICE)
+        index.parallel_queries = True
+        d, i = index.search(queries, k)
+        index.parallel_queries = False
+        d1, i1 = index.search(queries, k)
+        assert d.shape == d1.shape == (n, k)
+        np.testing.assert_array_equal(i, i1)
+        # faiss takes |q|^2 + |b|^2 - 2 q.b: rounding scales with the squared norms, not with the distance
+        scale = float((queries.astype(np.float64) ** 2).sum(axis=1).max())
+        np.testing.assert_allclose(d, d1, rtol=0, atol=1e-6 * scale)
+        exact = ((queries[:, None, :].astype(np.float64) - bank[i]) ** 2).sum(axis=2)
+        np.testing.assert_allclose(d, exact, rtol=0, atol=1e-5 * scale)
+
+
 def test_padim_separates_real_defects(data, cache, tmp_path):
     det = Padim(PadimConfig(n_channels=60))
     det.fit(data[0], cache=cache)

@@ -7,11 +7,43 @@ PatchCore scores with are exact whenever the true neighbour is among the candida
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 INDEX_KINDS = ("flat", "ivfpq")
+# faiss computes a flat search's distances as one GEMM, and faiss-cpu's wheels bundle a single-threaded OpenBLAS
+# (its config string ends in SINGLE_THREADED), so that GEMM runs on one core whatever omp_set_num_threads says.
+# Contiguous slices of the queries searched from several Python threads (faiss releases the GIL; its CPU indexes
+# allow concurrent searches) use every core: `python benchmarks/search_threads.py`. Slices stay >= this many
+# queries, where faiss takes its GEMM path (smaller searches are OpenMP-parallel over queries already).
+MIN_QUERIES_PER_SLICE = 64
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _one_openmp_thread() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+
+
+def _search_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # One OpenMP thread per slice: each pool thread would otherwise start its own team of all cores.
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="faiss-search",
+                                       initializer=_one_openmp_thread)
+        return _pool
+
+
+def query_slices(n_queries: int, threads: int) -> int:
+    """How many slices a flat search of ``n_queries`` is split into on ``threads`` threads (1 = not split)."""
+    return max(1, min(threads, n_queries // MIN_QUERIES_PER_SLICE))
 
 
 @dataclass(frozen=True)
@@ -76,10 +108,19 @@ class MemoryBankIndex:
         self.index = index
         self.kind = "ivfpq"
 
+    parallel_queries = True  # flat search: split the queries over threads (see MIN_QUERIES_PER_SLICE)
+
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``(squared L2 distances, indices)`` of the ``k`` nearest bank rows, each Q x k."""
+        import faiss
+
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        d, i = self.index.search(q, k)
+        slices = query_slices(len(q), faiss.omp_get_max_threads()) if self.parallel_queries else 1
+        if self.kind != "flat" or slices == 1:
+            d, i = self.index.search(q, k)
+        else:
+            parts = list(_search_pool().map(lambda part: self.index.search(part, k), np.array_split(q, slices)))
+            d, i = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return np.maximum(d, 0.0), i
 
     def ivf_bytes(self) -> int:
