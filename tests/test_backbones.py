@@ -114,7 +114,7 @@ def test_feature_pass_stops_after_deepest_layer(photo):
 
 def test_traced_feature_pass_equals_eager_for_any_batch_and_skips_the_head(photo):
     """The frozen graph (feature_graph.py) gives the eager features for batches other than the one it was
-    checked on, and computes nothing after the deepest layer (freezing drops the head)."""
+    checked on, and computes nothing after the deepest layer (the traced capture stops there)."""
     bb = load_backbone("tf_efficientnet_lite0", "cpu")
     layers = ["blocks.2", "blocks.4"]
     images = [photo, photo[::-1], photo[:, ::-1], np.ascontiguousarray(photo[50:250, 60:300])]

@@ -1,10 +1,11 @@
-"""The feature pass of a CNN's inference copy as one frozen TorchScript graph (CPU).
+"""The feature pass of a CNN's inference copy as one frozen TorchScript graph (CPU), and the layer capture it shares
+with the eager pass.
 
 Eager PyTorch pays Python and dispatcher overhead on every module call: lite0's feature pass makes ~180 of them
 per batch, which at batch 1 on 2 CPU cores is a quarter of its ~13 ms. A traced, frozen graph runs the same
-kernels from TorchScript's C++ interpreter and drops every operation the requested layers do not need (freezing
-removes dead code, so the head after the deepest layer is never computed). ``benchmarks/backbone_speed.py`` times
-it against the eager pass in the same process.
+kernels from TorchScript's C++ interpreter. It is traced from the same layer capture as the eager pass
+(``capture_layers``), which stops after the deepest requested layer, so the head is never in the graph.
+``benchmarks/backbone_speed.py`` times it against the eager pass in the same process.
 
 Tracing records one input size; the graph is kept per (layers, height, width) and checked before first use: on
 a batch of two it must reproduce the eager pass bit for bit up to float rounding (``outputs_match``), so a
@@ -30,8 +31,39 @@ from core.backbones.batchnorm_folding import outputs_match
 log = logging.getLogger(__name__)
 
 
+class _StopForward(Exception):
+    """Raised by the last layer hook: nothing after the deepest requested layer needs computing."""
+
+
+def capture_layers(model: torch.nn.Module, layers: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs of the modules named ``layers`` (first element of a tuple output) from one forward pass of ``model``
+    (``forward_features`` where it has one), stopped after the deepest of them. Layers that did not run are missing
+    from the result. Used by the eager pass and, under the tracer, to build the graph (which so never sees the
+    head)."""
+    modules = {name: model.get_submodule(name) for name in layers}
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_module, _inputs, output):
+            captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+            if len(captured) == len(modules):
+                raise _StopForward
+
+        return hook
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in modules.items()]
+    try:
+        (model.forward_features if hasattr(model, "forward_features") else model)(x)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
 class _LayerOutputs(torch.nn.Module):
-    """``model.forward_features`` returning the outputs of ``layers`` (forward hooks, as the eager pass)."""
+    """``capture_layers`` as a module returning a tuple, the form ``torch.jit.trace`` takes."""
 
     def __init__(self, model: torch.nn.Module, layers: Sequence[str]) -> None:
         super().__init__()
@@ -39,20 +71,7 @@ class _LayerOutputs(torch.nn.Module):
         self.layers = list(layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        captured: dict[str, torch.Tensor] = {}
-
-        def keep(name: str):
-            def hook(_module, _inputs, output):
-                captured[name] = output[0] if isinstance(output, (tuple, list)) else output
-
-            return hook
-
-        handles = [self.model.get_submodule(n).register_forward_hook(keep(n)) for n in self.layers]
-        try:
-            self.model.forward_features(x)
-        finally:
-            for h in handles:
-                h.remove()
+        captured = capture_layers(self.model, self.layers, x)
         return tuple(captured[n] for n in self.layers)
 
 

@@ -433,10 +433,6 @@ def _layers_from_model(info: BackboneInfo, model: torch.nn.Module) -> BackboneIn
 # Loaded backbone
 
 
-class _StopForward(Exception):
-    """Raised from a forward hook once the deepest requested layer has run."""
-
-
 def _pos_embed_no_antialias(self, x: torch.Tensor) -> torch.Tensor:
     """timm ``VisionTransformer._pos_embed`` for dynamic sizes, resampling bicubically *without* antialiasing.
 
@@ -622,33 +618,10 @@ class LoadedBackbone:
 
     def _eager_feature_maps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """Raw outputs of ``layers`` from a forward pass stopped after the deepest of them (hooks)."""
-        modules = {name: self.inference_model.get_submodule(name) for name in layers}
-        captured: dict[str, torch.Tensor] = {}
+        from core.backbones.feature_graph import capture_layers
 
-        def make_hook(name: str):
-            def hook(_module, _inputs, output):
-                if isinstance(output, (tuple, list)):
-                    output = output[0]
-                captured[name] = output
-                if len(captured) == len(modules):
-                    raise _StopForward
-
-            return hook
-
-        handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
-        try:
-            with torch.inference_mode():
-                try:
-                    model = self.inference_model
-                    if hasattr(model, "forward_features"):
-                        model.forward_features(x)
-                    else:
-                        model(x)
-                except _StopForward:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
+        with torch.inference_mode():
+            captured = capture_layers(self.inference_model, layers, x)
         not_run = [n for n in layers if n not in captured]
         if not_run:
             raise WorkbenchError(f"Layers {not_run} of {self.info.name} did not run in the feature pass.",
