@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/backbone_speed.py [--backbone tf_efficientnet_lite0] [--rounds 8]
 
-Four variants run channels-last on random 224-px inputs through the default layers, at batch 1, 4 (the CPU
+Five variants run channels-last on random 224-px inputs through the default layers, at batch 1, 4 (the CPU
 extractor's batch) and 16, in ``--rounds`` alternating rounds: the model as built, the copy with BatchNorm
 folded only, the inference copy (folded + TF "same" padding inside the convolutions,
 ``core/backbones/same_padding.py``) run eagerly, and the same copy as the frozen graph the product runs on the CPU
-(``core/backbones/feature_graph.py``). All but the last run eagerly. The table gives the median and the fastest
+(``core/backbones/feature_graph.py``): plain frozen, and rewritten for oneDNN (the default). All but the traced ones
+run eagerly. The table gives the median and the fastest
 round per image and the ratios against the model as built. Writes benchmarks/results/backbone_speed.json.
 """
 
@@ -18,7 +19,8 @@ import time
 import numpy as np
 from common import table, write_result
 
-VARIANTS = ("as built", "folded only", "inference copy", "traced inference copy")
+VARIANTS = ("as built", "folded only", "inference copy", "traced inference copy", "traced, oneDNN")
+TRACED = VARIANTS[3:]
 BATCHES = (1, 4, 16)
 
 
@@ -43,7 +45,7 @@ def main() -> None:
         raise SystemExit(f"{args.backbone} has no inference copy (nothing to fold); nothing to compare.")
     fold_only = fold_batchnorm(bb.model)[0].to(memory_format=torch.channels_last)
     models = {"as built": None, "folded only": fold_only, "inference copy": inference_copy,
-              "traced inference copy": inference_copy}
+              "traced inference copy": inference_copy, "traced, oneDNN": inference_copy}
     x = torch.randn((16, 3, 224, 224), generator=torch.Generator().manual_seed(0))
     times: dict[tuple[str, int], list[float]] = {(v, b): [] for v in VARIANTS for b in BATCHES}
     for _ in range(args.rounds):
@@ -53,7 +55,8 @@ def main() -> None:
             else:
                 bb.folded_model = models[variant]
                 bb.set_batchnorm_folding(True)  # drops traced graphs: the warm-up below traces again
-            bb.trace_features = variant == "traced inference copy"
+            bb.trace_features = variant in TRACED
+            bb.onednn_graph = variant == "traced, oneDNN"
             for batch in BATCHES:
                 xb = x[:batch]
                 bb.feature_maps(xb, layers)  # warm-up
@@ -64,7 +67,7 @@ def main() -> None:
                 times[(variant, batch)].append(1000 * (time.perf_counter() - t0) / (reps * batch))
     bb.folded_model = inference_copy
     bb.set_batchnorm_folding(True)
-    bb.trace_features = True
+    bb.trace_features = bb.onednn_graph = True
     out, rows = {}, []
     for batch in BATCHES:
         med = {v: float(np.median(times[(v, batch)])) for v in VARIANTS}
@@ -74,13 +77,15 @@ def main() -> None:
             "ratio_inference_copy": med["as built"] / med["inference copy"],
             "ratio_traced": med["as built"] / med["traced inference copy"],
             "ratio_traced_vs_eager_copy": med["inference copy"] / med["traced inference copy"],
+            "ratio_onednn_vs_traced": med["traced inference copy"] / med["traced, oneDNN"],
             "rounds": {v: times[(v, batch)] for v in VARIANTS},
         }
         rows.append([batch] + [f"{med[v]:.1f} ({min(times[(v, batch)]):.1f})" for v in VARIANTS]
                     + [round(med["as built"] / med[v], 2) for v in VARIANTS[1:]]
-                    + [round(med["inference copy"] / med["traced inference copy"], 2)])
+                    + [round(med["inference copy"] / med["traced inference copy"], 2),
+                       round(med["traced inference copy"] / med["traced, oneDNN"], 2)])
     print(table(["batch"] + [f"{v} ms/img median (best)" for v in VARIANTS]
-                + [f"as built / {v}" for v in VARIANTS[1:]] + ["eager / traced copy"], rows))
+                + [f"as built / {v}" for v in VARIANTS[1:]] + ["eager / traced copy", "traced / oneDNN"], rows))
     write_result("backbone_speed", {"backbone": args.backbone, "layers": layers, "rounds": args.rounds,
                                     "results": out}, started)
 

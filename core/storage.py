@@ -34,15 +34,17 @@ LOCK_NAME = ".lock"
 PRODUCT = "anomaly-workbench"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True, make_parent: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one.
 
     Temp file in the same folder, fsync, rename, fsync of the folder. ``durable=False`` skips both fsyncs (the
     rename still keeps readers from a torn file) for data that is checked on read and can be recomputed, such
-    as feature-cache entries: the two fsyncs cost ~1 ms per image on this machine's disk.
+    as feature-cache entries: the two fsyncs cost ~1 ms per image on this machine's disk. ``make_parent=False``
+    skips creating the folder, for a caller that knows it exists.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

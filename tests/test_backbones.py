@@ -135,7 +135,8 @@ def test_traced_feature_pass_equals_eager_for_any_batch_and_skips_the_head(photo
                            if name.startswith(("conv_stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3",
                                                "blocks.4")))
     all_convs = sum(isinstance(m, torch.nn.Conv2d) for m in bb.inference_model.modules())
-    graph_convs = sum(node.kind() in ("aten::conv2d", "aten::_convolution") for node in graph.graph.nodes())
+    conv_kinds = ("aten::conv2d", "aten::_convolution", "prim::mkldnn_convolution")  # the last: oneDNN rewrite
+    graph_convs = sum(node.kind() in conv_kinds for node in graph.graph.nodes())
     assert graph_convs == convs_to_blocks4 < all_convs
 
 
@@ -149,7 +150,10 @@ def test_traced_feature_pass_is_refused_when_it_differs():
         eager = bb.feature_maps(x, ["blocks.2"])
     finally:
         bb.trace_features = True
-    assert trace_feature_graph(bb.inference_model, ["blocks.2"], x, eager) is not None
+    for onednn in (True, False):
+        graph = trace_feature_graph(bb.inference_model, ["blocks.2"], x, eager, onednn)
+        assert graph is not None
+        assert ("prim::mkldnn_convolution" in str(graph.graph)) == (onednn and torch.backends.mkldnn.is_available())
     wrong = {"blocks.2": eager["blocks.2"] + 0.01 * float(eager["blocks.2"].abs().max())}
     assert trace_feature_graph(bb.inference_model, ["blocks.2"], x, wrong) is None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.data import (
@@ -90,6 +91,31 @@ def test_read_image_modes(tmp_path):
     Image.fromarray(rgb[:, :, 0] > 128).save(tmp_path / "b.bmp")
     out = read_image(tmp_path / "b.bmp")
     assert set(np.unique(out)) <= {0, 255}
+
+
+def test_keep_gray_gives_the_same_pixels_and_features(tmp_path):
+    """``keep_gray`` (the feature pass's decode) returns single-channel images as H x W holding exactly what each
+    RGB channel holds, and the backbone's preprocessing of it equals that of the RGB copy bit for bit (it resizes
+    one channel and repeats it); colour images are unchanged."""
+    from core.backbones import load_backbone
+
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (37, 51), dtype=np.uint8)
+    deep = np.linspace(1000, 5000, 37 * 51).reshape(37, 51).astype(np.uint16)
+    for name, im in {"g.png": Image.fromarray(gray), "g.jpg": Image.fromarray(gray), "b.bmp": Image.fromarray(gray > 99),
+                     "la.png": Image.fromarray(gray).convert("LA"), "d.tif": Image.fromarray(deep)}.items():
+        im.save(tmp_path / name)
+        g, rgb = read_image(tmp_path / name, keep_gray=True), read_image(tmp_path / name)
+        assert g.shape == (37, 51) and g.dtype == np.uint8, name
+        assert all(np.array_equal(g, rgb[:, :, c]) for c in range(3)), name
+    Image.fromarray(rng.integers(0, 256, (37, 51, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    assert read_image(tmp_path / "c.png", keep_gray=True).shape == (37, 51, 3)
+    bb = load_backbone("tf_efficientnet_lite0", "cpu")
+    grays = [read_image(tmp_path / n, keep_gray=True) for n in ("g.png", "g.jpg", "d.tif")]
+    for size in (32, 224):
+        a = bb.preprocess(grays, size)
+        b = bb.preprocess([np.repeat(g[:, :, None], 3, axis=2) for g in grays], size)
+        assert torch.equal(a, b), size
 
 
 def test_read_16bit_tiff_scales_per_image(tmp_path):

@@ -78,6 +78,28 @@ def test_eviction_keeps_cache_under_limit(images, tmp_cache):
     assert tmp_cache.clear() == 3 and tmp_cache.info()["entries"] == 0
 
 
+def test_writes_keep_cache_under_limit_and_survive_removed_folders(tmp_path):
+    """Automatic eviction: once the cache's size is known, writes that take it over the limit evict down to 90 %
+    of it without a scan per write; a folder removed behind the cache's back (``cache clear`` elsewhere) is made
+    again."""
+    from core.features import FeatureCache
+
+    entry = {"x": np.ones((64, 64), np.float32)}  # 16 KiB
+    probe = FeatureCache(root=tmp_path / "probe")
+    probe.put("00" + "0" * 62, entry)
+    size = probe.info()["bytes"]
+    cache = FeatureCache(root=tmp_path / "c", limit_bytes=20 * size)
+    keys = [f"{i:064x}" for i in range(200)]
+    for i, key in enumerate(keys):
+        cache.put(key, entry)
+        if i >= 64:  # the first scan comes after 64 writes; from then on the size is tracked
+            assert cache.info()["bytes"] <= 20 * size
+    assert cache.stats.evicted >= 180 and cache.get(keys[-1]) is not None
+    shutil.rmtree(cache._path(keys[-1]).parent)
+    cache.put(keys[-1], entry)
+    assert cache.get(keys[-1]) is not None and cache.stats.write_errors == 0
+
+
 def test_unreadable_file_is_reported_and_others_extracted(images, tmp_cache, tmp_path):
     bad = tmp_path / "zero.png"
     bad.write_bytes(b"")

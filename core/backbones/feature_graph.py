@@ -76,10 +76,19 @@ class _LayerOutputs(torch.nn.Module):
 
 
 def trace_feature_graph(
-    model: torch.nn.Module, layers: Sequence[str], example: torch.Tensor, eager: dict[str, torch.Tensor]
+    model: torch.nn.Module,
+    layers: Sequence[str],
+    example: torch.Tensor,
+    eager: dict[str, torch.Tensor],
+    onednn: bool = True,
 ) -> torch.jit.ScriptModule | None:
     """A frozen graph mapping ``example``-sized inputs to the ``layers`` outputs of ``model``, or None when it
-    cannot be built or does not reproduce ``eager`` (the eager outputs for ``example``, a batch of >= 2)."""
+    cannot be built or does not reproduce ``eager`` (the eager outputs for ``example``, a batch of >= 2).
+
+    ``onednn``: also try the graph rewritten by ``torch.jit.optimize_for_inference`` (convolutions on oneDNN with
+    weights packed once, activations fused, NCHW output without a layout copy), kept when it reproduces ``eager``
+    too; else the plain frozen graph. ``benchmarks/backbone_speed.py`` times both.
+    """
     try:
         with warnings.catch_warnings():
             # The tracer warns that shape arithmetic becomes constants (intended: one graph per input size) and
@@ -87,13 +96,34 @@ def trace_feature_graph(
             warnings.simplefilter("ignore")
             with torch.inference_mode(False), torch.no_grad():
                 traced = torch.jit.trace(_LayerOutputs(model, layers).eval(), example[:1].clone(), check_trace=False)
-                graph = torch.jit.freeze(traced.eval())
-            with torch.inference_mode():
-                outputs = graph(example)
+                traced.eval()
+                candidates = [_onednn_graph(traced)] if onednn else []
+                candidates.append(torch.jit.freeze(traced))
     except Exception as exc:  # noqa: BLE001  (any tracer failure means: run eagerly)
         log.info("feature pass not traced (%s: %s); running it eagerly", type(exc).__name__, exc)
         return None
-    if len(outputs) != len(layers) or not all(outputs_match(eager[n], o) for n, o in zip(layers, outputs)):
-        log.warning("the traced feature pass differed from the eager one; running it eagerly")
+    for graph in candidates:
+        if graph is not None and _reproduces(graph, layers, example, eager):
+            return graph
+    log.warning("the traced feature pass differed from the eager one; running it eagerly")
+    return None
+
+
+def _onednn_graph(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule | None:
+    try:
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    except Exception as exc:  # noqa: BLE001  (a torch built without oneDNN: the plain frozen graph)
+        log.info("oneDNN rewrite of the feature graph failed (%s: %s)", type(exc).__name__, exc)
         return None
-    return graph
+
+
+def _reproduces(
+    graph: torch.jit.ScriptModule, layers: Sequence[str], example: torch.Tensor, eager: dict[str, torch.Tensor]
+) -> bool:
+    try:
+        with torch.inference_mode():
+            outputs = graph(example)
+    except Exception as exc:  # noqa: BLE001
+        log.info("traced feature graph failed on its check (%s: %s)", type(exc).__name__, exc)
+        return False
+    return len(outputs) == len(layers) and all(outputs_match(eager[n], o) for n, o in zip(layers, outputs))

@@ -486,6 +486,7 @@ class LoadedBackbone:
     folded_model: torch.nn.Module | None = field(default=None, repr=False)
     use_folded: bool = False  # feature_maps/classify run ``folded_model``; see set_batchnorm_folding
     trace_features: bool = True  # CPU feature pass of the inference copy as a frozen graph (feature_graph.py)
+    onednn_graph: bool = True  # ... rewritten for oneDNN where that reproduces the eager pass (ditto)
     _strides: dict[str, int] = field(default_factory=dict, repr=False)
     _graphs: dict[tuple, torch.jit.ScriptModule | None] = field(default_factory=dict, repr=False)
     _graph_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -531,7 +532,8 @@ class LoadedBackbone:
         Bilinear resize with antialiasing (no crop), /255, (x - mean) / std. Antialiasing matters: magnetic
         tiles are up to ~400 px and shrink ~2x; without it PatchCore measured image/pixel AUROC 0.957/0.828,
         with it 0.965/0.841 (1 % greedy, lite0, MVTec protocol). A single H x W x 3 array, a
-        B x H x W x 3 array or a list of arrays are accepted; grey H x W images are repeated to 3 channels.
+        B x H x W x 3 array or a list of arrays are accepted; grey H x W images are resized as one channel and
+        then repeated to 3 (the same values as resizing three equal channels, for a third of the work).
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             arrays = list(images)
@@ -548,8 +550,8 @@ class LoadedBackbone:
             if img.ndim == 3 and img.shape[2] == 1:
                 img = img[:, :, 0]
             if img.ndim == 2:
-                img = np.repeat(img[:, :, None], 3, axis=2)
-            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                img = img[:, :, None]  # grey: resized as one channel, repeated to 3 by the assignment below
+            if img.ndim != 3 or img.shape[2] not in (1, 3) or img.dtype != np.uint8:
                 raise WorkbenchError(
                     f"Image {i} has shape {img.shape} and type {img.dtype}; expected H x W x 3 uint8 RGB.",
                     "Decode images with core.data (it returns uint8 RGB arrays).",
@@ -613,7 +615,7 @@ class LoadedBackbone:
 
                 probe = self._check_input(torch.cat([x[:1], x[:1].flip(-1)]))  # two images: batch size stays free
                 eager = self._eager_feature_maps(probe, layers)
-                self._graphs[key] = trace_feature_graph(self.inference_model, layers, probe, eager)
+                self._graphs[key] = trace_feature_graph(self.inference_model, layers, probe, eager, self.onednn_graph)
             return self._graphs[key]
 
     def _eager_feature_maps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -55,16 +55,22 @@ _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F", "I;16S", "I;32
 _FIX_REEXPORT = "Open the file in an image viewer; if it does not show, re-copy or re-export it as PNG or JPEG."
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
-    """Read an image file as a uint8 ``H x W x 3`` RGB array (see the module notes for the rules)."""
+def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS_DEFAULT, keep_gray: bool = False) -> np.ndarray:
+    """Read an image file as a uint8 ``H x W x 3`` RGB array (see the module notes for the rules).
+
+    ``keep_gray``: single-channel images come back as ``H x W`` (the same values each RGB channel would hold).
+    For the feature pass, whose preprocessing resizes one channel and repeats it instead of resizing three.
+    """
     path = Path(path)
     name = str(path)
     _check_file(path, name)
     with _open_checked(path, name, max_pixels) as im:
-        return _to_rgb(im, name)
+        return _to_pixels(im, name, keep_gray)
 
 
-def read_image_bytes(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
+def read_image_bytes(
+    data: bytes, name: str, *, max_pixels: int = MAX_PIXELS_DEFAULT, keep_gray: bool = False
+) -> np.ndarray:
     """Like :func:`read_image`, for an upload held in memory; ``name`` is used in messages."""
     if not data:
         raise ImageReadError(
@@ -72,7 +78,7 @@ def read_image_bytes(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS_DEF
             "Upload the file again; it was probably cut off during the transfer.",
         )
     with _open_checked(io.BytesIO(data), name, max_pixels, head=bytes(data[:64])) as im:
-        return _to_rgb(im, name)
+        return _to_pixels(im, name, keep_gray)
 
 
 def read_mask(
@@ -244,14 +250,20 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
-def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
+_GRAY_MODES = {"L", "1", "LA", "La"}
+
+
+def _to_pixels(im: Image.Image, name: str, keep_gray: bool) -> np.ndarray:
+    """uint8 H x W x 3 RGB, or H x W for a single-channel image when ``keep_gray``."""
     try:
         mode = im.mode
         if mode in _HIGH_DEPTH_MODES or mode.startswith("I;"):
             gray = _scale_to_uint8(np.asarray(im))
             if gray.ndim != 2:
                 raise ValueError(f"unexpected array shape {gray.shape}")
-            rgb = np.repeat(gray[:, :, None], 3, axis=2)
+            rgb = gray if keep_gray else np.repeat(gray[:, :, None], 3, axis=2)
+        elif keep_gray and mode in _GRAY_MODES:
+            rgb = np.asarray(im if mode == "L" else im.convert("L"), dtype=np.uint8)
         else:
             if mode == "RGB":
                 conv = im
@@ -262,7 +274,7 @@ def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
             else:  # L, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, RGBX, ...
                 conv = im.convert("RGB")
             rgb = np.asarray(conv, dtype=np.uint8)
-        if rgb.ndim != 3 or rgb.shape[2] != 3:
+        if not (rgb.ndim == 3 and rgb.shape[2] == 3 or keep_gray and rgb.ndim == 2):
             raise ValueError(f"unexpected array shape {rgb.shape}")
         return np.array(rgb, dtype=np.uint8, order="C", copy=True)
     except MemoryError:

@@ -52,14 +52,18 @@ def gaussian_statistics(
     p, n, d = x.shape
     mean = torch.empty((p, d), dtype=torch.float64)
     inv = torch.empty((p, d, d), dtype=torch.float64)
-    eye = regularisation * torch.eye(d, dtype=torch.float64)[None]
+    eye = torch.eye(d, dtype=torch.float64)
     for p0 in range(0, p, positions_per_chunk):
         xc = x[p0 : p0 + positions_per_chunk].to(torch.float64, memory_format=torch.contiguous_format)
         m = xc.mean(dim=1)
         xc -= m[:, None, :]
-        cov = torch.bmm(xc.transpose(1, 2), xc) / max(1, n - 1) + eye
+        cov = torch.bmm(xc.transpose(1, 2), xc) / max(1, n - 1) + regularisation * eye
         mean[p0 : p0 + len(m)] = m
-        inv[p0 : p0 + len(m)] = torch.cholesky_inverse(torch.linalg.cholesky(cov))
+        # inv(L L^T) = L^-T L^-1. torch.cholesky_inverse (LAPACK potri, one matrix per call) measured 0.55-0.8 s
+        # for 784 positions x 100 channels under OMP_WAIT_POLICY=PASSIVE on 2 cores; the batched triangular
+        # solve + product 0.21-0.26 s, same values to 2e-15 relative.
+        l_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye.expand(len(m), d, d), upper=False)
+        torch.bmm(l_inv.transpose(1, 2), l_inv, out=inv[p0 : p0 + len(m)])
     return mean.numpy(), inv.numpy()
 
 

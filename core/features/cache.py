@@ -4,7 +4,9 @@ One safetensors file per (image bytes, backbone, layers, input size, weights has
 SHA-256 of its tensor bytes in the header metadata; a corrupt entry is detected on read, dropped and
 recomputed by the caller. Writes are atomic (temp file + rename), so several processes may share the cache:
 the worst case of a race is the same entry computed twice. A size limit is enforced by evicting the least
-recently used entries (hits refresh an entry's mtime).
+recently used entries (hits refresh an entry's mtime). The folder is scanned for that only when this object's
+writes may have crossed the limit, and at least every ``RESCAN_WRITES`` writes (other processes write too): a
+full cache holds ~37,000 entries, and a scan every 64 writes cost more than the writes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from core.config import FEATURE_CACHE_DIR
 from core.storage import atomic_write_bytes
 
 DEFAULT_LIMIT_BYTES = int(float(os.environ.get("WORKBENCH_CACHE_LIMIT_GB", "8")) * 1e9)
+RESCAN_WRITES = 1024
 
 
 # Bump when LoadedBackbone.preprocess changes what a backbone sees (v2: antialiased resize).
@@ -71,6 +74,9 @@ class FeatureCache:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self._written_since_check = 0
+        self._bytes_at_check: int | None = None  # the folder's size at the last scan; None: not scanned yet
+        self._bytes_since_check = 0
+        self._made_dirs: set[Path] = set()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -102,14 +108,13 @@ class FeatureCache:
         return arrays
 
     def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        """Store arrays atomically, then evict old entries if over the limit (checked every 64 writes)."""
+        """Store arrays atomically, then evict old entries if the cache may be over its limit (see the module notes)."""
         from safetensors.numpy import save
 
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         blob = save(arrays, metadata={"sha256": _payload_digest(arrays)})
         try:
-            # Not fsynced: an entry a power cut leaves damaged fails its digest on read and is recomputed.
-            atomic_write_bytes(self._path(key), blob, durable=False)
+            self._write(self._path(key), blob)
         except OSError as exc:  # disk full, read-only or no rights: the features are still returned, not cached
             self.stats.write_errors += 1
             if self.stats.write_errors == 1:
@@ -120,9 +125,23 @@ class FeatureCache:
                 )
             return
         self._written_since_check += 1
-        if self._written_since_check >= 64:
-            self._written_since_check = 0
-            self.evict()
+        self._bytes_since_check += len(blob)
+        known = self._bytes_at_check
+        due = self._written_since_check >= (64 if known is None else RESCAN_WRITES)
+        if due or (known is not None and known + self._bytes_since_check > self.limit_bytes):
+            # down to 90 %: a cache at its limit then takes 10 % of it in new entries before the next scan
+            self.evict(int(0.9 * self.limit_bytes))
+
+    def _write(self, path: Path, blob: bytes) -> None:
+        if path.parent not in self._made_dirs:  # one mkdir per folder and process, not per entry
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(path.parent)
+        # Not fsynced: an entry a power cut leaves damaged fails its digest on read and is recomputed.
+        try:
+            atomic_write_bytes(path, blob, durable=False, make_parent=False)
+        except FileNotFoundError:  # the folder was removed meanwhile (``cache clear`` elsewhere): make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, blob, durable=False, make_parent=False)
 
     def entries(self) -> list[tuple[Path, int, float]]:
         """``(path, bytes, mtime)`` of every entry."""
@@ -151,6 +170,7 @@ class FeatureCache:
             total -= size
             removed += 1
         self.stats.evicted += removed
+        self._bytes_at_check, self._bytes_since_check, self._written_since_check = total, 0, 0
         return removed
 
     def _remove_stale_temps(self, max_age_s: float = 3600.0) -> int:

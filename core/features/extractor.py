@@ -62,7 +62,7 @@ class FeatureExtractor:
         return self.backbone.weights_sha256
 
     def extract_images(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Feature maps for decoded uint8 RGB images (no cache)."""
+        """Feature maps for decoded uint8 images, RGB ``H x W x 3`` or grey ``H x W`` (no cache)."""
         out: dict[str, list[np.ndarray]] = {name: [] for name in self.spec.layers}
         for start in range(0, len(images), self.batch_size):
             x = self.backbone.preprocess(list(images[start : start + self.batch_size]), self.spec.image_size)
@@ -121,7 +121,7 @@ class FeatureExtractor:
                     progress("extract features", done, n)
                 continue
             try:
-                img = read_image_bytes(data, str(path))
+                img = read_image_bytes(data, str(path), keep_gray=True)
             except WorkbenchError as exc:
                 errors[i] = str(exc)
                 continue
