@@ -279,8 +279,9 @@ def versions_product() -> dict:
     try:
         v["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                      text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        # Code only: results written by earlier runs of a series (benchmarks/results) do not count as changes.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         v["worktree_modified"] = bool(dirty)
     except (OSError, subprocess.CalledProcessError):
         pass

@@ -26,13 +26,15 @@ def patch_embedding(
     2 cores (608 x 74 x 14 x 14 -> 28 x 28: 0.08 s vs 0.66 s, identical values), and patch rows (``to_patches``)
     and PaDiM's per-position vectors are then contiguous runs of the result.
     """
-    maps = [torch.as_tensor(features[name]).float().contiguous(memory_format=torch.channels_last) for name in layers]
+    maps = [torch.as_tensor(features[name]).float() for name in layers]
     size = max((m.shape[-2], m.shape[-1]) for m in maps)
     has_coarser = any((m.shape[-2], m.shape[-1]) != size for m in maps)
     fine = [(m.shape[-2], m.shape[-1]) == size for m in maps]
     if channels is not None:
         # Select before pooling and upsampling (PaDiM keeps 100 of 152 channels: a third less to upsample).
         maps, order = _select_channels(maps, np.asarray(channels, dtype=np.int64))
+    else:
+        maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
     out = []
     for m, is_fine in zip(maps, fine):
         if neighbourhood > 1:
@@ -52,8 +54,8 @@ def patch_embedding(
 
 
 def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
-    """Each layer's share of ``channels`` (indices into the concatenation) and the permutation that puts the
-    concatenated selections back in ``channels`` order (the identity when ``channels`` is sorted)."""
+    """Each layer's share of ``channels`` (indices into the concatenation), channels-last, and the permutation that
+    puts the concatenated selections back in ``channels`` order (the identity when ``channels`` is sorted)."""
     total = sum(int(m.shape[1]) for m in maps)
     if channels.size and (channels.min() < 0 or channels.max() >= total):
         raise ValueError(f"channel indices outside 0..{total - 1}")
@@ -61,7 +63,8 @@ def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[li
     for m in maps:
         mine = np.sort(channels[(channels >= start) & (channels < start + m.shape[1])])
         keep = torch.as_tensor(mine - start, dtype=torch.long)
-        selected.append(m[:, keep].contiguous(memory_format=torch.channels_last))
+        # Gathered along the last axis of the NHWC view: the selection and the channels-last copy in one pass.
+        selected.append(m.permute(0, 2, 3, 1)[..., keep].permute(0, 3, 1, 2))
         picked.append(mine)
         start += int(m.shape[1])
     concat_order = np.concatenate(picked)  # channel index at each concatenated position: sorted, layers in order

@@ -69,7 +69,7 @@ class FeatureExtractor:
             maps = self.backbone.feature_maps(x, self.spec.layers)
             for name in self.spec.layers:
                 out[name].append(maps[name].float().cpu().numpy())
-        return {name: np.concatenate(parts, 0) for name, parts in out.items()}
+        return {name: parts[0] if len(parts) == 1 else np.concatenate(parts, 0) for name, parts in out.items()}
 
     def extract_paths(self, paths: Sequence[str | Path], progress: ProgressFn = no_progress) -> ExtractionResult:
         """Feature maps for image files, reading cached entries and writing new ones.
