@@ -9,7 +9,7 @@ For each model (PatchCore coreset 1 %, k = 9; PaDiM 100 random channels) on ``sh
 with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4 at 224 x 224, mean = std = 0.5 (the product's PatchCore
 at its own default input, 208 x 208, its maps resized to 224 for the pixel metric):
 
-* the product runs in this process: ``det.fit(train, cache=FeatureCache(<fresh temp dir>))`` (so its fit time
+* the product runs in this process: ``det.fit(train, cache=FeatureCache(<fresh folder under CACHE_DIR>))`` (so its fit time
   includes feature extraction; it holds out ~10 % of the same training list to fix its score normalisation),
   then ``det.score_paths(test, cache=None)``;
 * the peer runs in its own venv ``.venv-peer`` (created here from benchmarks/peer/requirements.txt when missing)
@@ -166,13 +166,18 @@ def make_detector(model: str, seed: int = 0):
 
 
 def run_product(model: str, train_paths: list[str], test_paths: list[str], labels, masks, seed: int = 0) -> dict:
+    from core.config import CACHE_DIR
     from core.data import read_image
     from core.features import FeatureCache
 
     gc.collect()
     reset_peak_rss()
     det = make_detector(model, seed)
-    with tempfile.TemporaryDirectory(prefix="peer-bench-cache-") as tmp:
+    # A fresh feature cache where the product keeps its cache (core.config.CACHE_DIR, in the project folder unless
+    # WORKBENCH_CACHE says otherwise), not under /tmp: this machine's /tmp measured ~4x slower at creating files
+    # (benchmarks/cache_writes.py), a cost no user of the product pays.
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="peer-bench-cache-", dir=CACHE_DIR) as tmp:
         cache = FeatureCache(root=Path(tmp))
         t0 = time.perf_counter()
         rep = det.fit(train_paths, cache=cache)
