@@ -9,8 +9,8 @@ For each model (PatchCore coreset 1 %, k = 9; PaDiM 100 random channels) on ``sh
 with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4 at 224 x 224, mean = std = 0.5 (the product's PatchCore
 at its own default input, 208 x 208, its maps resized to 224 for the pixel metric):
 
-* the product runs in this process: ``det.fit(train, cache=FeatureCache(<fresh folder under CACHE_DIR>))`` (so its fit time
-  includes feature extraction; it holds out ~10 % of the same training list to fix its score normalisation),
+* the product runs in this process: ``det.fit(train, cache=FeatureCache(<fresh folder under CACHE_DIR>))`` (so its
+  fit time includes feature extraction; it holds out ~10 % of the same training list to fix its score normalisation),
   then ``det.score_paths(test, cache=None)``;
 * the peer runs in its own venv ``.venv-peer`` (created here from benchmarks/peer/requirements.txt when missing)
   as ``.venv-peer/bin/python benchmarks/peer/run_peer.py``, on the same image lists, with the product's converted
@@ -286,7 +286,8 @@ def versions_product() -> dict:
                                      text=True, check=True).stdout.strip()
         # Code only: results written by earlier runs of a series (benchmarks/results) do not count as changes.
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+                                ":(exclude)benchmarks/results"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
         v["worktree_modified"] = bool(dirty)
     except (OSError, subprocess.CalledProcessError):
         pass

@@ -102,8 +102,9 @@ def test_keep_gray_gives_the_same_pixels_and_features(tmp_path):
     rng = np.random.default_rng(1)
     gray = rng.integers(0, 256, (37, 51), dtype=np.uint8)
     deep = np.linspace(1000, 5000, 37 * 51).reshape(37, 51).astype(np.uint16)
-    for name, im in {"g.png": Image.fromarray(gray), "g.jpg": Image.fromarray(gray), "b.bmp": Image.fromarray(gray > 99),
-                     "la.png": Image.fromarray(gray).convert("LA"), "d.tif": Image.fromarray(deep)}.items():
+    files = {"g.png": Image.fromarray(gray), "g.jpg": Image.fromarray(gray), "b.bmp": Image.fromarray(gray > 99),
+             "la.png": Image.fromarray(gray).convert("LA"), "d.tif": Image.fromarray(deep)}
+    for name, im in files.items():
         im.save(tmp_path / name)
         g, rgb = read_image(tmp_path / name, keep_gray=True), read_image(tmp_path / name)
         assert g.shape == (37, 51) and g.dtype == np.uint8, name

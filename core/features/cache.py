@@ -44,7 +44,7 @@ def _payload_digest(arrays: dict[str, np.ndarray]) -> str:
         a = np.ascontiguousarray(arrays[name])
         h.update(name.encode())
         h.update(str(a.shape).encode() + str(a.dtype).encode())
-        h.update(a.tobytes())
+        h.update(a.reshape(-1).view(np.uint8))  # the same bytes as tobytes(), without copying them
     return h.hexdigest()
 
 
@@ -108,7 +108,7 @@ class FeatureCache:
         return arrays
 
     def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        """Store arrays atomically, then evict old entries if the cache may be over its limit (see the module notes)."""
+        """Store arrays atomically, then evict old entries if the cache may be over its limit (module notes)."""
         from safetensors.numpy import save
 
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
