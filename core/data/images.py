@@ -261,9 +261,9 @@ def _to_pixels(im: Image.Image, name: str, keep_gray: bool) -> np.ndarray:
             gray = _scale_to_uint8(np.asarray(im))
             if gray.ndim != 2:
                 raise ValueError(f"unexpected array shape {gray.shape}")
-            rgb = gray if keep_gray else np.repeat(gray[:, :, None], 3, axis=2)
+            pixels = gray if keep_gray else np.repeat(gray[:, :, None], 3, axis=2)
         elif keep_gray and mode in _GRAY_MODES:
-            rgb = np.asarray(im if mode == "L" else im.convert("L"), dtype=np.uint8)
+            pixels = np.asarray(im if mode == "L" else im.convert("L"), dtype=np.uint8)
         else:
             if mode == "RGB":
                 conv = im
@@ -273,10 +273,10 @@ def _to_pixels(im: Image.Image, name: str, keep_gray: bool) -> np.ndarray:
                 conv = im.convert("L").convert("RGB")
             else:  # L, RGBA, RGBa, CMYK, YCbCr, LAB, HSV, RGBX, ...
                 conv = im.convert("RGB")
-            rgb = np.asarray(conv, dtype=np.uint8)
-        if not (rgb.ndim == 3 and rgb.shape[2] == 3 or keep_gray and rgb.ndim == 2):
-            raise ValueError(f"unexpected array shape {rgb.shape}")
-        return np.array(rgb, dtype=np.uint8, order="C", copy=True)
+            pixels = np.asarray(conv, dtype=np.uint8)
+        if not (pixels.ndim == 3 and pixels.shape[2] == 3 or keep_gray and pixels.ndim == 2):
+            raise ValueError(f"unexpected array shape {pixels.shape}")
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     except MemoryError:
         raise ResourceLimitError(f"Ran out of memory converting image {name}.", "Downscale the image.") from None
     except Exception as exc:  # noqa: BLE001
