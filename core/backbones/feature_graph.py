@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -90,30 +91,38 @@ def trace_feature_graph(
     too; else the plain frozen graph. ``benchmarks/backbone_speed.py`` times both.
     """
     try:
-        with warnings.catch_warnings():
-            # The tracer warns that shape arithmetic becomes constants (intended: one graph per input size) and
-            # that torch.jit is deprecated (see the module docstring).
-            warnings.simplefilter("ignore")
-            with torch.inference_mode(False), torch.no_grad():
-                traced = torch.jit.trace(_LayerOutputs(model, layers).eval(), example[:1].clone(), check_trace=False)
-                traced.eval()
-                candidates = [_onednn_graph(traced)] if onednn else []
-                candidates.append(torch.jit.freeze(traced))
+        with _tracing():
+            traced = torch.jit.trace(_LayerOutputs(model, layers).eval(), example[:1].clone(), check_trace=False)
+            traced.eval()
     except Exception as exc:  # noqa: BLE001  (any tracer failure means: run eagerly)
         log.info("feature pass not traced (%s: %s); running it eagerly", type(exc).__name__, exc)
         return None
-    for graph in candidates:
+    for rewrite in (True, False) if onednn else (False,):  # the plain graph is frozen only if the rewrite is not kept
+        graph = _frozen(traced, rewrite)
         if graph is not None and _reproduces(graph, layers, example, eager):
             return graph
-    log.warning("the traced feature pass differed from the eager one; running it eagerly")
+    log.warning("the traced feature pass could not be frozen or differed from the eager one; running it eagerly")
     return None
 
 
-def _onednn_graph(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule | None:
+@contextmanager
+def _tracing() -> Iterator[None]:
+    # The tracer warns that shape arithmetic becomes constants (intended: one graph per input size) and that
+    # torch.jit is deprecated (see the module docstring).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.inference_mode(False), torch.no_grad():
+            yield
+
+
+def _frozen(traced: torch.jit.ScriptModule, onednn: bool) -> torch.jit.ScriptModule | None:
+    """``traced`` frozen, and rewritten for oneDNN when asked; None when that fails (e.g. a torch without oneDNN)."""
     try:
-        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-    except Exception as exc:  # noqa: BLE001  (a torch built without oneDNN: the plain frozen graph)
-        log.info("oneDNN rewrite of the feature graph failed (%s: %s)", type(exc).__name__, exc)
+        with _tracing():
+            graph = torch.jit.freeze(traced)
+            return torch.jit.optimize_for_inference(graph) if onednn else graph
+    except Exception as exc:  # noqa: BLE001
+        log.info("feature graph not frozen%s (%s: %s)", " for oneDNN" if onednn else "", type(exc).__name__, exc)
         return None
 
 
