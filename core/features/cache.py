@@ -76,7 +76,6 @@ class FeatureCache:
         self._written_since_check = 0
         self._bytes_at_check: int | None = None  # the folder's size at the last scan; None: not scanned yet
         self._bytes_since_check = 0
-        self._made_dirs: set[Path] = set()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -133,13 +132,12 @@ class FeatureCache:
             self.evict(int(0.9 * self.limit_bytes))
 
     def _write(self, path: Path, blob: bytes) -> None:
-        if path.parent not in self._made_dirs:  # one mkdir per folder and process, not per entry
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(path.parent)
-        # Not fsynced: an entry a power cut leaves damaged fails its digest on read and is recomputed.
+        # Not fsynced: an entry a power cut leaves damaged fails its digest on read and is recomputed. The folder
+        # is made only when the write finds it missing (new, or removed by ``cache clear`` elsewhere), not with a
+        # mkdir per entry.
         try:
             atomic_write_bytes(path, blob, durable=False, make_parent=False)
-        except FileNotFoundError:  # the folder was removed meanwhile (``cache clear`` elsewhere): make it again
+        except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, blob, durable=False, make_parent=False)
 
