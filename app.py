@@ -1,7 +1,7 @@
 """The app's entry point: the navigation (``st.navigation``) and the home page, "Data & models" (pick a dataset,
 look at it, fit a detector, manage saved models, fit a cascade gate).
 
-Run with ``make app`` (builds the demo, then ``streamlit run app.py``). The other pages live in ``pages/``, one
+Run with ``make app`` (builds the demo, then ``streamlit run app.py``). The other pages live in ``app_pages/``, one
 file each; a new page is a new file plus one ``st.Page`` line in ``PAGES`` below (a new sidebar section is a new
 key, e.g. "Explain" for a GAIN-MTL CAM page or "Experiments").
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import pages as shared
+import ui as shared
 from core import workbench as wb
-from pages import current_model, guarded, set_model, setup, show_error
+from ui import current_model, guarded, set_model, setup, show_error
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -58,6 +58,8 @@ def dataset_section() -> str | None:
                 show_error(exc)
                 st.session_state.pop("uploaded_root", None)
         root = st.session_state.get("uploaded_root")
+        if root is not None:
+            wb.touch_upload(root)  # in use: not evicted to make room for other uploads
         if root is None:
             st.caption("Extracted safely into cache/uploads/ (no absolute or '..' paths, no links, size-limited).")
             return None
@@ -94,10 +96,12 @@ def dataset_section() -> str | None:
                 st.write("- " + w)
     thumbs = _thumbs(root, _stamp(root))
     if thumbs:
-        st.caption("Examples per class (ground truth in green):")
+        st.caption("Examples per class (ground truth outlined in magenta):")
         cols = st.columns(min(8, len(thumbs)))
         for i, (cls, rel, img) in enumerate(thumbs):
-            cols[i % len(cols)].image(img, caption=f"{cls} · {Path(rel).name}")
+            name = Path(rel).name
+            short = name if len(name) <= 18 else f"{name[:8]}…{name[-9:]}"  # a long name would break mid-word
+            cols[i % len(cols)].image(img, caption=f"{cls} · {short}", width="stretch")
     return root
 
 
@@ -148,9 +152,8 @@ def fit_section(root: str | None) -> None:
         rep = out.report
         cache = rep.get("cache", {})
         log.success(
-            f"Fitted **{out.folder.name}** in {out.wall_seconds:.1f} s on {rep['n_fit_images']} images "
-            f"({rep['n_calibration_images']} held out for calibration). Feature cache: {cache.get('hits', 0)} hits, "
-            f"{cache.get('misses', 0)} misses. Stages: {' → '.join(tracker.stages)}."
+            f"Fitted **{out.folder.name}** in {out.wall_seconds:.1f} s: {wb.fit_summary(rep)}. Feature cache: "
+            f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses. Stages: {' → '.join(tracker.stages)}."
         )
         st.session_state["last_fit"] = {"name": out.folder.name, "seconds": rep.get("seconds", {}),
                                          "cache": cache, "skipped": rep.get("skipped", {})}
@@ -172,12 +175,19 @@ def models_section() -> None:
     if not models:
         st.info("No saved models yet: fit one above (the defaults fit PatchCore on the demo in seconds).")
         return
-    st.dataframe(pd.DataFrame([m.row() for m in models]), hide_index=True, width="stretch")
+    table = pd.DataFrame([m.row() for m in models])
+    # The table fits the page: the long columns of one model (details, threshold source) are shown under it.
+    wide = ["details", "threshold from"] + ([] if table["problem"].astype(bool).any() else ["problem"])
+    st.dataframe(table.drop(columns=wide), hide_index=True, width="stretch",
+                 column_config={"name": st.column_config.TextColumn(width="large"),
+                                "problem": st.column_config.TextColumn(width="large")})
     names = [m.name for m in models]
     cur = current_model()
     idx = names.index(cur.name) if cur is not None and cur.name in names else 0
     chosen = st.selectbox("Model", names, index=idx, key="models_pick")
     info = next(m for m in models if m.name == chosen)
+    if not info.error:
+        st.caption(f"{info.details} · threshold {info.threshold:.4g} from {info.threshold_source or 'the fit'}")
     c1, c2, c3 = st.columns([1, 2, 1])
     if c1.button("Use this model", key="models_load", disabled=bool(info.error)):
         set_model(info.folder)
@@ -263,25 +273,26 @@ def gate_section() -> None:
 @guarded
 def home() -> None:
     setup("Data & models", "🏠")
-    cur = current_model()
-    st.sidebar.caption(f"Model: **{cur.name}**" if cur else "No model loaded yet")
+    model_slot = st.sidebar.empty()  # filled last: a fit or a pick below changes the session's model
     root = dataset_section()
     fit_section(root)
     models_section()
     gate_section()
+    cur = current_model()
+    model_slot.caption(f"Model: **{cur.name}**" if cur else "No model loaded yet")
 
 
 HOME_PAGE = st.Page(home, title="Data & models", icon=":material/home:", url_path="data", default=True)
 PAGES = {
     "Workbench": [
         HOME_PAGE,
-        st.Page("pages/2_Scores.py", title="Scores", icon=":material/bar_chart:"),
-        st.Page("pages/3_Thresholds.py", title="Thresholds", icon=":material/tune:"),
-        st.Page("pages/4_Heatmaps.py", title="Heatmaps", icon=":material/local_fire_department:"),
-        st.Page("pages/5_Score_images.py", title="Score images", icon=":material/image_search:"),
+        st.Page("app_pages/2_Scores.py", title="Scores", icon=":material/bar_chart:"),
+        st.Page("app_pages/3_Thresholds.py", title="Thresholds", icon=":material/tune:"),
+        st.Page("app_pages/4_Heatmaps.py", title="Heatmaps", icon=":material/local_fire_department:"),
+        st.Page("app_pages/5_Score_images.py", title="Score images", icon=":material/image_search:"),
     ],
-    "Explain": [st.Page("pages/6_GAIN_MTL_CAM.py", title="GAIN-MTL CAM", icon=":material/visibility:")],
-    "Experiments": [st.Page("pages/7_Experiments.py", title="Experiments", icon=":material/science:")],
+    "Explain": [st.Page("app_pages/6_GAIN_MTL_CAM.py", title="GAIN-MTL CAM", icon=":material/visibility:")],
+    "Experiments": [st.Page("app_pages/7_Experiments.py", title="Experiments", icon=":material/science:")],
 }
 shared.HOME_PAGE = HOME_PAGE
 st.set_page_config(page_title="Anomaly workbench", page_icon="🔍", layout="wide")

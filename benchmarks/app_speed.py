@@ -139,7 +139,7 @@ def main() -> None:
         return at
 
     # ---- Thresholds
-    at = page("pages/3_Thresholds.py")
+    at = page("app_pages/3_Thresholds.py")
     t0 = time.perf_counter()
     at.run()
     first_ms = 1000 * (time.perf_counter() - t0)
@@ -160,13 +160,13 @@ def main() -> None:
     import streamlit as st
 
     st.cache_data.clear()  # cold overlay tiles (the split's scores are re-injected)
-    at = page("pages/4_Heatmaps.py", hm_n=50)
+    at = page("app_pages/4_Heatmaps.py", hm_n=50)
     t0 = time.perf_counter()
     at.run()
     hm_cold = 1000 * (time.perf_counter() - t0)
     assert not at.exception, [e.value for e in at.exception]
     tiles = len(at.get("imgs"))
-    at2 = page("pages/4_Heatmaps.py", hm_n=50)
+    at2 = page("app_pages/4_Heatmaps.py", hm_n=50)
     t0 = time.perf_counter()
     at2.run()
     hm_warm = 1000 * (time.perf_counter() - t0)

@@ -174,16 +174,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not files:
         raise WorkbenchError(f"No images found in {', '.join(args.paths)}.", "Give image files or folders of them.")
     res = det.score_paths([str(f) for f in files], cache=None)
-    norm = det.normalisation.normalise(res.scores)
+    from core.detectors.postprocess import score_to_threshold
+
+    ratio = score_to_threshold(res.scores, det.threshold)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "score", "decision", "score_normalised", "error"])
+    w.writerow(["path", "score", "decision", "score_to_threshold", "error"])
     by_index = {i: k for k, i in enumerate(res.ok)}
     for i, f in enumerate(files):
         if i in by_index:
             k = by_index[i]
             s = float(res.scores[k])
-            w.writerow([str(f), f"{s:.6g}", "anomalous" if s >= det.threshold else "normal", f"{norm[k]:.4f}", ""])
+            w.writerow([str(f), f"{s:.6g}", "anomalous" if s >= det.threshold else "normal", f"{ratio[k]:.4f}", ""])
         else:
             w.writerow([str(f), "", "error", "", res.errors[i]])
             print(f"error: {res.errors[i]}", file=sys.stderr)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from core.data import DatasetIndex, index_dataset, read_image, read_mask
 from core.detectors import HeatmapDetector, ScoreResult
+from core.detectors.postprocess import score_to_threshold
 from core.errors import DatasetError, WorkbenchError
 from core.features import FeatureCache
 from core.metrics import aupro, confusion_at, image_metrics, per_class_metrics, pixel_auroc
@@ -180,11 +181,11 @@ def evaluate_split(
 
 
 def write_scores_csv(path: Path, ev: Evaluation, det: HeatmapDetector) -> None:
-    """One row per image: path, label, defect class, raw score, normalised score, decision."""
+    """One row per image: path, label, defect class, raw score, score / threshold, decision."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", "defect", "score", "score_normalised", "decision"])
-    norm = det.normalisation.normalise(ev.scores)
+    w.writerow(["path", "label", "defect", "score", "score_to_threshold", "decision"])
+    norm = score_to_threshold(ev.scores, det.threshold)
     for p, lab, d, s, ns in zip(ev.paths, ev.labels, ev.defects, ev.scores, norm):
         w.writerow([p, int(lab), d, f"{s:.6g}", f"{ns:.4f}", "anomalous" if s >= det.threshold else "normal"])
     atomic_write_text(path, buf.getvalue())

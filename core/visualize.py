@@ -1,9 +1,44 @@
-"""Pictures for people: heatmap overlays with ground-truth contours (uint8 RGB arrays in, arrays out)."""
+"""Pictures for people: heatmap overlays with ground-truth contours (uint8 RGB arrays in, arrays out), and the
+one colour table every chart uses, so that a split or a method has the same colour in every chart."""
 
 from __future__ import annotations
 
+import hashlib
+from typing import Sequence
+
 import cv2
 import numpy as np
+
+# Okabe-Ito: a palette that stays distinguishable for the common colour-vision deficiencies.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+NORMAL_COLOUR = "#0072B2"
+ANOMALOUS_COLOUR = "#D55E00"
+# Names that mean the same thing on every page get one colour each.
+SERIES_COLOURS = {
+    "normal": NORMAL_COLOUR, "good": NORMAL_COLOUR, "anomalous": ANOMALOUS_COLOUR, "defect": ANOMALOUS_COLOUR,
+    "train_normal": "#56B4E9", "train_mix": "#CC79A7", "val_mix": "#009E73", "test_mix": "#E69F00",
+    "test": "#E69F00", "chance": "#999999",
+}
+_FREE = ["#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442", "#999999"]
+
+
+def series_colours(names: Sequence[str]) -> dict[str, str]:
+    """A colour per series name: fixed for the names in ``SERIES_COLOURS``; any other name (a defect class, a
+    method, a backbone) gets a slot chosen from a hash of its name, so it keeps its colour from chart to chart
+    (the next free slot when two names of one chart would share one)."""
+    out: dict[str, str] = {}
+    for n in names:
+        if n in SERIES_COLOURS:
+            out[n] = SERIES_COLOURS[n]
+    used = set(out.values())
+    for n in names:
+        if n in out:
+            continue
+        start = int(hashlib.sha1(n.encode("utf-8")).hexdigest(), 16) % len(_FREE)
+        free = [_FREE[(start + k) % len(_FREE)] for k in range(len(_FREE))]
+        out[n] = next((c for c in free if c not in used), free[0])
+        used.add(out[n])
+    return out
 
 
 def heat_colours(map01: np.ndarray) -> np.ndarray:

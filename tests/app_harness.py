@@ -12,7 +12,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCORE_PAGE = ROOT / "pages" / "5_Score_images.py"
+SCORE_PAGE = ROOT / "app_pages" / "5_Score_images.py"
 
 _HARNESS = """
 from pathlib import Path

@@ -126,7 +126,7 @@ def test_bad_model_name_is_a_message(models_root, fitted):
 
 
 def test_scores_page(fitted):
-    at = _page("pages/2_Scores.py", fitted).run()
+    at = _page("app_pages/2_Scores.py", fitted).run()
     _no_exceptions(at)
     assert not _errors(at), _errors(at)
     assert at.multiselect(key="sc_splits").value == ["test"]
@@ -149,7 +149,7 @@ def _matrix(at: AppTest):
 
 
 def test_threshold_slider_changes_confusion_and_saves(fitted):
-    at = _page("pages/3_Thresholds.py", fitted).run()
+    at = _page("app_pages/3_Thresholds.py", fitted).run()
     _no_exceptions(at)
     assert not _errors(at), _errors(at)
     slider = at.slider(key="th_slider")
@@ -200,7 +200,7 @@ def test_gate_fit_and_cascade_thresholds(fitted, monkeypatch):
     import json
 
     # no gate yet: the Thresholds page points home
-    at = _page("pages/3_Thresholds.py", fitted).run()
+    at = _page("app_pages/3_Thresholds.py", fitted).run()
     _no_exceptions(at)
     assert any("Fit a gate" in i.value for i in at.info)
 
@@ -218,7 +218,7 @@ def test_gate_fit_and_cascade_thresholds(fitted, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a model was called on a slider move")
 
-    at = _page("pages/3_Thresholds.py", fitted).run()
+    at = _page("app_pages/3_Thresholds.py", fitted).run()
     _no_exceptions(at)
     assert not _errors(at), _errors(at)
     from core.cascade.gates.base import Gate
@@ -262,7 +262,7 @@ def test_gate_fit_and_cascade_thresholds(fitted, monkeypatch):
 
 
 def test_heatmaps_page(fitted):
-    at = _page("pages/4_Heatmaps.py", fitted).run()
+    at = _page("app_pages/4_Heatmaps.py", fitted).run()
     _no_exceptions(at)
     assert not _errors(at), _errors(at)
     assert len(at.get("imgs")) >= 1
@@ -307,7 +307,7 @@ def test_bad_upload_shows_error_while_good_one_is_scored(fitted, demo_root, tmp_
 
 def test_pages_without_a_model_point_home(models_root, monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_MODELS_DIR", str(tmp_path / "empty"))
-    for page in ("pages/2_Scores.py", "pages/3_Thresholds.py", "pages/4_Heatmaps.py", "pages/5_Score_images.py"):
+    for page in ("app_pages/2_Scores.py", "app_pages/3_Thresholds.py", "app_pages/4_Heatmaps.py", "app_pages/5_Score_images.py"):
         at = _page(page).run()
         _no_exceptions(at)
         assert any("Fit one on the home page" in i.value for i in at.info), page

@@ -17,8 +17,8 @@ from tests.test_app import _errors, _matrix, _no_exceptions, _page, demo_root, f
 
 
 def test_two_sessions_keep_separate_thresholds(fitted):  # noqa: F811
-    a = _page("pages/3_Thresholds.py", fitted).run()
-    b = _page("pages/3_Thresholds.py", fitted).run()
+    a = _page("app_pages/3_Thresholds.py", fitted).run()
+    b = _page("app_pages/3_Thresholds.py", fitted).run()
     _no_exceptions(a)
     _no_exceptions(b)
     start_b = _matrix(b)
@@ -63,7 +63,7 @@ def test_model_pointing_outside_the_roots_is_not_followed(fitted, models_root, t
     cfg = json.loads((foreign / "config.json").read_text())
     cfg["dataset"] = str(elsewhere)
     (foreign / "config.json").write_text(json.dumps(cfg))
-    at = _page("pages/2_Scores.py", foreign).run()
+    at = _page("app_pages/2_Scores.py", foreign).run()
     _no_exceptions(at)
     warnings = " ".join(w.value for w in at.warning)
     assert "outside the folders the app may read" in warnings, warnings

@@ -215,7 +215,7 @@ def test_page_lists_runs_draws_them_and_starts_a_quick_run(run_quick, monkeypatc
         run_quick(name)
     root = run_quick.root
     monkeypatch.setenv("WORKBENCH_EXPERIMENTS_DIR", str(root))
-    at = AppTest.from_file(str(ROOT / "pages" / "7_Experiments.py"), default_timeout=180).run()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "7_Experiments.py"), default_timeout=180).run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     listing = at.dataframe[0].value

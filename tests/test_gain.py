@@ -374,7 +374,7 @@ def test_cam_page_renders_and_reacts(trained, tmp_path, monkeypatch):
     other = tmp_path / "models" / "runs"  # a typed folder must lie in the project or the models folder
     trained["S1"].model.save(other / "S1" / "model")
 
-    at = AppTest.from_file(str(ROOT / "pages" / "6_GAIN_MTL_CAM.py"), default_timeout=180)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "6_GAIN_MTL_CAM.py"), default_timeout=180)
     at.session_state["gain_limit"] = 2
     at.run()
     assert not at.exception, [e.value for e in at.exception]

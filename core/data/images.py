@@ -38,6 +38,9 @@ from core.errors import DatasetError, ImageReadError, ResourceLimitError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS_DEFAULT = 40_000_000
+# The smallest side a heatmap model scores: two cells of the coarsest (stride-16) feature layer. A smaller
+# image is upsampled from a handful of pixels into a score that means nothing (a 1 x 1 PNG scored 45.4).
+MIN_SCORABLE_SIDE = 32
 
 # Formats Pillow decodes in-process. Anything else (EPS -> Ghostscript, ...) is refused.
 # (JPEG files with several pictures open as MPO through the JPEG entry.)
@@ -79,6 +82,26 @@ def read_image_bytes(
         )
     with _open_checked(io.BytesIO(data), name, max_pixels, head=bytes(data[:64])) as im:
         return _to_pixels(im, name, keep_gray)
+
+
+def check_scorable(img: np.ndarray, name: str, min_side: int = MIN_SCORABLE_SIDE) -> np.ndarray:
+    """``img`` unchanged if a model can score it; an ImageReadError for a too small or a blank image.
+
+    Blank: every pixel holds the same value (a lens cap, a dead camera, an empty frame); such an image is an
+    acquisition fault to report, not a part to call normal or anomalous.
+    """
+    h, w = img.shape[:2]
+    if min(h, w) < min_side:
+        raise ImageReadError(
+            f"{name} is {w} x {h} pixels, smaller than the {min_side} x {min_side} a model can score.",
+            f"Score images at least {min_side} pixels on each side (the camera's full frame or a larger crop).",
+        )
+    if img.size and img.min() == img.max():
+        raise ImageReadError(
+            f"{name} is blank: every pixel has the value {int(img.flat[0])}, so there is no part to score.",
+            "Check the camera, lighting and file export; score the image once it shows the part.",
+        )
+    return img
 
 
 def read_mask(

@@ -60,7 +60,9 @@ def check_browsable(path: str | Path, extra: tuple[Path, ...] = ()) -> Path:
     was fitted on); a model made elsewhere must not point the app at an arbitrary folder on this machine.
     Symbolic links are resolved first, so a link under a data root that leads outside is refused too.
     """
-    p = Path(path).expanduser().resolve()
+    from core.paths import check_typed_path
+
+    p = check_typed_path(path, "dataset folder").resolve()
     roots = browsable_roots(extra)
     if any(p == r or r in p.parents for r in roots):
         return p

@@ -201,8 +201,10 @@ class HeatmapDetector:
         if self.leave_out_calibration:
             _, calib = holdout(list(range(len(self.train_paths))), self.calibration_fraction, salt)
             calib_idx = np.array(calib, dtype=np.int64)
+            progress("score", 0, len(calib_idx))  # the calibration stage, shown while it runs
             feats = {k: v[calib_idx] for k, v in res.features.items()}
             scores, patch_maps, _ = self._score_embeddings(feats, leave_out=calib_idx)
+            progress("score", len(calib_idx), len(calib_idx))
             maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
             n_calib = len(calib_idx)
         else:

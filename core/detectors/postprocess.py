@@ -75,3 +75,16 @@ class Normalisation:
     @classmethod
     def from_dict(cls, d: dict) -> "Normalisation":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def score_to_threshold(scores: np.ndarray | float, threshold: float) -> np.ndarray:
+    """Raw scores divided by the decision threshold in use: 1 = at the threshold, >= 1 = anomalous.
+
+    The one score scale shown to users (app, CLI and CSV columns ``score_to_threshold``); it follows the threshold
+    actually used (saved, tuned in the app, or given on the command line), and is fixed per image, never taken
+    from a batch. Heatmap scores are distances (>= 0) with a positive threshold.
+    """
+    t = float(threshold)
+    if not t > 0:
+        raise ValueError(f"the decision threshold must be positive to scale scores by it, got {t}")
+    return np.asarray(scores, dtype=np.float64) / t

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from core.config import PROJECT_ROOT
 from core.errors import WorkbenchError
+from core.paths import is_within
 from core.experiments.common import STUDIES, RunClock, StudyResult, write_results
 from core.progress import ProgressFn, no_progress
 
@@ -47,6 +48,35 @@ def default_runs_root() -> Path:
     """Where runs are kept: ``$WORKBENCH_EXPERIMENTS_DIR``, else ``runs/experiments`` in the project."""
     env = os.environ.get("WORKBENCH_EXPERIMENTS_DIR")
     return Path(env) if env else PROJECT_ROOT / "runs" / "experiments"
+
+
+def runs_roots() -> list[Path]:
+    """The folders the app may list runs from and write quick runs into: the runs root and ``<project>/runs``."""
+    from core.paths import runs_dir
+
+    return list(dict.fromkeys([default_runs_root(), runs_dir()]))
+
+
+def check_runs_folder(folder: str | Path) -> Path:
+    """``folder`` resolved (relative to the project), if it lies under :func:`runs_roots`; else a WorkbenchError.
+
+    The Experiments page reads and writes only there: a typed ``/etc`` or ``../..`` or a link leading out is
+    refused before anything is listed or written.
+    """
+    from core.paths import confine
+
+    return confine(folder, runs_roots(), "runs folder",
+                   "Type a folder under the runs root (e.g. runs/experiments), or set WORKBENCH_EXPERIMENTS_DIR "
+                   "and restart the app.")
+
+
+def start_quick_run(study: str, dataset: str | Path, root: str | Path, progress: ProgressFn = no_progress
+                    ) -> tuple[StudyResult, Path]:
+    """What the page's "Run quick" does: a ``--quick`` run written into a new folder under the checked ``root``."""
+    checked = check_runs_folder(root)
+    out = default_out(study, dataset, True, checked)
+    return run_study(study, dataset, out, quick=True, progress=progress,
+                     command=f"page: python -m core experiment {study} {dataset} --quick --out {out}")
 
 
 def default_out(study: str, dataset: str | Path, quick: bool, root: Path | None = None) -> Path:
@@ -129,11 +159,13 @@ def _info(folder: Path, meta: dict[str, Any]) -> RunInfo:
 
 def list_runs(root: str | Path | None = None) -> list[RunInfo]:
     """Every run folder (one holding results.json) under ``root``, newest first; unreadable ones with an error."""
-    root = Path(root) if root else default_runs_root()
+    root = check_runs_folder(root) if root else default_runs_root().resolve()
     if not root.is_dir():
         return []
     out = []
     for f in root.rglob("results.json"):
+        if not is_within(f, [root]):  # a link under the runs folder that leads out is not followed
+            continue
         try:
             out.append(_info(f.parent, json.loads(f.read_text())))
         except (OSError, ValueError) as exc:
@@ -142,8 +174,8 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
 
 
 def load_run(folder: str | Path) -> RunData:
-    """A run's metadata, rows, columns, figures (plotly dicts) and markdown."""
-    folder = Path(folder)
+    """A run's metadata, rows, columns, figures (plotly dicts) and markdown (only under :func:`runs_roots`)."""
+    folder = check_runs_folder(folder)
     try:
         meta = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError) as exc:

@@ -63,6 +63,10 @@ class FeatureExtractor:
 
     def extract_images(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Feature maps for decoded uint8 images, RGB ``H x W x 3`` or grey ``H x W`` (no cache)."""
+        from core.data.images import check_scorable
+
+        for i, img in enumerate(images):
+            check_scorable(img, f"Image {i + 1} of {len(images)}" if len(images) > 1 else "The image")
         out: dict[str, list[np.ndarray]] = {name: [] for name in self.spec.layers}
         for start in range(0, len(images), self.batch_size):
             x = self.backbone.preprocess(list(images[start : start + self.batch_size]), self.spec.image_size)
@@ -76,7 +80,7 @@ class FeatureExtractor:
 
         An unreadable file is reported in ``errors`` and skipped; the others are still extracted.
         """
-        from core.data.images import read_image_bytes
+        from core.data.images import check_scorable, read_image_bytes
 
         cache = self.cache
         stats_before = cache.stats.as_dict() if cache else {}
@@ -121,7 +125,7 @@ class FeatureExtractor:
                     progress("extract features", done, n)
                 continue
             try:
-                img = read_image_bytes(data, str(path), keep_gray=True)
+                img = check_scorable(read_image_bytes(data, str(path), keep_gray=True), str(path))
             except WorkbenchError as exc:
                 errors[i] = str(exc)
                 continue

@@ -25,7 +25,7 @@ FILTERS = ("all", "correct", "incorrect", "right answer, wrong reason")
 
 def gain_models_root() -> Path:
     """``<models dir>/gain`` (not created here: training writes it)."""
-    from core.workbench import models_dir
+    from core.paths import models_dir
 
     return models_dir() / "gain"
 
@@ -34,18 +34,11 @@ def check_model_search_folder(folder: str | Path) -> Path:
     """``folder`` resolved, if the app may look for models there (inside the project, e.g. ``runs/``, or the
     models folder); else a WorkbenchError. Keeps a typed path from walking the whole disk."""
     from core.config import PROJECT_ROOT
-    from core.workbench import models_dir
+    from core.paths import confine, models_dir
 
-    p = Path(folder).expanduser()
-    p = (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
-    allowed = [PROJECT_ROOT.resolve(), models_dir().resolve()]
-    if any(p == a or a in p.parents for a in allowed):
-        return p
-    raise WorkbenchError(
-        f"The folder {str(folder)!r} is outside the folders the app may read models from "
-        f"({', '.join(map(str, allowed))}).",
-        "Copy or train the models under the project (e.g. runs/) or the models folder (WORKBENCH_MODELS_DIR).",
-    )
+    return confine(folder, [PROJECT_ROOT, models_dir()], "folder with GAIN-MTL models",
+                   "Copy or train the models under the project (e.g. runs/) or the models folder "
+                   "(WORKBENCH_MODELS_DIR).")
 
 
 @dataclass

@@ -77,6 +77,7 @@ from core.workbench.models import (
     default_model_name,
     delete_model,
     fit_model,
+    fit_summary,
     image_size_choices,
     list_models,
     load_model,
@@ -85,28 +86,30 @@ from core.workbench.models import (
     rename_model,
     resolve_model,
     save_threshold,
+    threshold_origin,
 )
 from core.workbench.split_scores import (
     MAP_STORE_SIZE,
-    NORMAL_COLOUR,
-    OKABE_ITO,
     SplitScores,
     confusion,
     curves,
     flag_rate,
-    group_colours,
     group_scores,
     normalisation_of,
     outcomes,
     score_split,
     threshold_for_recall,
+    tuning_split_warning,
 )
+from core.visualize import series_colours
 from core.workbench.zip_uploads import (
     MAX_UNZIPPED_BYTES,
     MAX_ZIP_BYTES,
     MAX_ZIP_MEMBERS,
     UPLOADS_DIR,
     extract_zip,
+    touch_upload,
+    uploads_bytes,
 )
 
 __all__ = [
@@ -114,13 +117,17 @@ __all__ = [
     "DatasetOverview", "check_browsable", "dataset_overview", "dataset_splits", "list_datasets", "thumbnails",
     # zip_uploads
     "MAX_UNZIPPED_BYTES", "MAX_ZIP_BYTES", "MAX_ZIP_MEMBERS", "UPLOADS_DIR", "extract_zip",
+    "touch_upload", "uploads_bytes",
     # models
     "DETECTOR_KINDS", "FitOutcome", "FitProgress", "FitSettings", "ModelInfo", "backbone_choices",
-    "check_model_name", "coreset_methods", "default_model_name", "delete_model", "fit_model", "image_size_choices",
+    "check_model_name", "coreset_methods", "default_model_name", "delete_model", "fit_model", "fit_summary",
+    "image_size_choices",
     "list_models", "load_model", "model_info", "models_dir", "rename_model", "resolve_model", "save_threshold",
+    "threshold_origin",
     # split_scores
-    "MAP_STORE_SIZE", "NORMAL_COLOUR", "OKABE_ITO", "SplitScores", "confusion", "curves", "flag_rate",
-    "group_colours", "group_scores", "normalisation_of", "outcomes", "score_split", "threshold_for_recall",
+    "MAP_STORE_SIZE", "SplitScores", "confusion", "curves", "flag_rate",
+    "group_scores", "normalisation_of", "outcomes", "score_split", "threshold_for_recall",
+    "tuning_split_warning", "series_colours",
     # heatmap_views
     "Explanation", "ImageDetail", "explain_patchcore", "heat_only", "overlay_image", "score_one",
     # image_uploads

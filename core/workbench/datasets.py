@@ -81,7 +81,8 @@ def dataset_overview(root: str | Path) -> DatasetOverview:
 def thumbnails(root: str | Path, per_class: int = 2, size: int = 128) -> list[tuple[str, str, np.ndarray]]:
     """``(class, relative path, RGB thumbnail)`` for the first ``per_class`` images of each class.
 
-    Ground-truth masks, when present, are drawn as a magenta contour. Unreadable images are skipped.
+    Ground-truth masks, when present, are drawn as a magenta contour. Each thumbnail is ``size`` x ``size`` (the
+    image fitted inside, padded in light grey) so that a grid of them lines up. Unreadable images are skipped.
     """
     from core.data import index_dataset, read_image, read_mask
     from core.visualize import overlay
@@ -104,8 +105,16 @@ def thumbnails(root: str | Path, per_class: int = 2, size: int = 128) -> list[tu
                     img = overlay(img, np.zeros(img.shape[:2], np.float32), mask=mask, alpha=0.0)
             except WorkbenchError:
                 continue
-            out.append((cls, rec.path, _thumb(img, size)))
+            out.append((cls, rec.path, _pad_square(_thumb(img, size), size)))
     return out
+
+
+def _pad_square(img: np.ndarray, size: int, value: int = 240) -> np.ndarray:
+    """``img`` (at most ``size`` on its longer side) centred on a ``size`` x ``size`` light-grey square."""
+    h, w = img.shape[:2]
+    top, left = (size - h) // 2, (size - w) // 2
+    return cv2.copyMakeBorder(img, top, size - h - top, left, size - w - left, cv2.BORDER_CONSTANT,
+                              value=(value, value, value))
 
 
 def _thumb(img: np.ndarray, size: int) -> np.ndarray:

@@ -50,13 +50,16 @@ class ImageDetail:
     """One image rescored at full resolution, with its timing."""
 
     score: float
-    normalised: float
+    to_threshold: float  # score / the threshold given to score_one (1 = at the threshold)
     raw_map: np.ndarray
     ms: float
 
 
-def score_one(det, image_path: str | Path, cache=None) -> ImageDetail:
-    """Rescore one file (cached features): its exact full-size map and the time taken."""
+def score_one(det, image_path: str | Path, threshold: float | None = None, cache=None) -> ImageDetail:
+    """Rescore one file (cached features): its exact full-size map, its score relative to ``threshold`` (the one
+    in use; default the model's saved one) and the time taken."""
+    from core.detectors.postprocess import score_to_threshold
+
     from core.features import FeatureCache
 
     t0 = time.perf_counter()
@@ -65,7 +68,8 @@ def score_one(det, image_path: str | Path, cache=None) -> ImageDetail:
     if not res.ok:
         raise ImageReadError(res.errors.get(0, f"{image_path} could not be read."), "Check the file.")
     s = float(res.scores[0])
-    return ImageDetail(s, float(det.normalisation.normalise([s])[0]), res.maps[0], ms)
+    thr = det.threshold if threshold is None else float(threshold)
+    return ImageDetail(s, float(score_to_threshold(s, thr)), res.maps[0], ms)
 
 
 @dataclass

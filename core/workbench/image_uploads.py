@@ -24,7 +24,7 @@ class UploadResult:
     ok: bool
     error: str = ""
     score: float | None = None
-    normalised: float | None = None
+    to_threshold: float | None = None  # score / the threshold used
     decision: str = ""
     ms: float | None = None
     image: np.ndarray | None = None
@@ -35,7 +35,7 @@ class UploadResult:
         return {
             "file": self.name,
             "score": None if self.score is None else round(self.score, 6),
-            "score_normalised": None if self.normalised is None else round(self.normalised, 4),
+            "score_to_threshold": None if self.to_threshold is None else round(self.to_threshold, 4),
             "decision": self.decision if self.ok else "error",
             "ms": None if self.ms is None else round(self.ms, 1),
             "error": self.error,
@@ -54,6 +54,8 @@ def score_uploads(
     A file that is too large, empty, corrupt, not an image (e.g. text renamed .png) or over the pixel limit is
     reported by name; the others are still scored.
     """
+    from core.detectors.postprocess import score_to_threshold
+
     thr = det.threshold if threshold is None else float(threshold)
     out: list[UploadResult] = []
     for i, (name, data) in enumerate(files):
@@ -65,9 +67,9 @@ def score_uploads(
             continue
         t0 = time.perf_counter()
         try:
-            from core.data import read_image_bytes
+            from core.data.images import check_scorable, read_image_bytes
 
-            img = read_image_bytes(bytes(data), name)
+            img = check_scorable(read_image_bytes(bytes(data), name), name)
             res = det.score_images([img])
         except WorkbenchError as exc:
             out.append(UploadResult(name, False, str(exc)))
@@ -75,7 +77,7 @@ def score_uploads(
         ms = 1000 * (time.perf_counter() - t0)
         s = float(res.scores[0])
         out.append(UploadResult(
-            name, True, score=s, normalised=float(det.normalisation.normalise([s])[0]),
+            name, True, score=s, to_threshold=float(score_to_threshold(s, thr)),
             decision="anomalous" if s >= thr else "normal", ms=ms, image=img, raw_map=res.maps[0],
             size=(int(img.shape[1]), int(img.shape[0])),
         ))
@@ -96,7 +98,7 @@ def results_csv(results: Sequence[UploadResult], threshold: float | None = None)
     """The rows of :meth:`UploadResult.row` as CSV text (plus the threshold used, when given)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    cols = ["file", "score", "score_normalised", "decision", "ms", "error"] + (["threshold"] if threshold is not None else [])
+    cols = ["file", "score", "score_to_threshold", "decision", "ms", "error"] + (["threshold"] if threshold is not None else [])
     w.writerow(cols)
     for r in results:
         row = r.row()

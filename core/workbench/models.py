@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.config import PROJECT_ROOT
 from core.errors import DatasetError, ModelFormatError, WorkbenchError
+from core.paths import models_dir, short
 
 DETECTOR_KINDS = ("patchcore", "padim")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -26,13 +26,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 # Sub-folders of the models folder that hold other kinds of models, not one heatmap model each.
 RESERVED_SUBFOLDERS = frozenset({"gain"})
-
-
-def models_dir() -> Path:
-    """Where saved models live (``WORKBENCH_MODELS_DIR`` or ``<project>/models``), created on demand."""
-    root = Path(os.environ.get("WORKBENCH_MODELS_DIR") or PROJECT_ROOT / "models")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def backbone_choices() -> list[str]:
@@ -150,7 +143,7 @@ def check_model_name(name: str) -> str:
     name = (name or "").strip()
     if not _NAME_RE.match(name) or ".." in name:
         raise WorkbenchError(
-            f"{name!r} is not a usable model name.",
+            f"{short(name)} is not a usable model name.",
             "Use 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit.",
         )
     return name
@@ -193,6 +186,7 @@ def fit_model(
         raise _fit_error_with_files(exc, index.root) from None
     wall = time.perf_counter() - t0
     rep = report.to_dict()
+    rep["calibration"] = "left out" if det.leave_out_calibration else "held out"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
         det.save(tmp, extra={"dataset": str(index.root), "fit_report": rep, "name": name,
@@ -204,6 +198,15 @@ def fit_model(
             raise WorkbenchError(f"A model named {name!r} was saved meanwhile.", "Choose another name.") from None
         raise WorkbenchError(f"The model could not be saved in {root} ({exc}).", "Check the disk space and rights.") from None
     return FitOutcome(final, rep, wall)
+
+
+def fit_summary(rep: dict[str, Any]) -> str:
+    """One sentence on what a fit used: how many images built the model and how the threshold was calibrated."""
+    n_fit, n_cal = int(rep.get("n_fit_images", 0)), int(rep.get("n_calibration_images", 0))
+    if rep.get("calibration") == "left out":
+        return (f"fitted on all {n_fit} training images; threshold calibrated on {n_cal} of them, each scored with "
+                "its own patches left out of the model")
+    return f"fitted on {n_fit} training images; threshold calibrated on {n_cal} other normal images held out"
 
 
 def _fit_error_with_files(exc: DatasetError, root: Path) -> DatasetError:
@@ -241,6 +244,13 @@ class ModelInfo:
             "created": self.created,
             "problem": self.error,
         }
+
+
+def threshold_origin(info: ModelInfo, threshold: float) -> str:
+    """Where a threshold in use comes from, for captions: the model's saved one, or one being tuned."""
+    if abs(float(threshold) - float(info.threshold)) <= 1e-12 * max(1.0, abs(float(info.threshold))):
+        return "saved"
+    return "unsaved, being tuned on the Thresholds page"
 
 
 def model_info(folder: str | Path) -> ModelInfo:

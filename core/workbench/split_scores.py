@@ -1,5 +1,5 @@
 """Scores of a dataset split under a model, and the arithmetic the Scores and Thresholds pages do on them:
-grouping and colours for histograms, ROC/PR curves, confusion counts, thresholds and outcomes."""
+grouping for histograms, ROC/PR curves, confusion counts, thresholds and outcomes."""
 
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ from core.workbench.models import load_model
 
 MAP_STORE_SIZE = 112  # side of the anomaly maps kept per scored image (float16) for galleries
 
-# Okabe-Ito: a palette that stays distinguishable for the common colour-vision deficiencies.
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-NORMAL_COLOUR = "#0072B2"
 
 
 @dataclass
@@ -109,19 +106,6 @@ def group_scores(results: Sequence[SplitScores], by: str) -> dict[str, np.ndarra
     return {k: np.asarray(groups[k]) for k in order}
 
 
-def group_colours(names: Sequence[str]) -> dict[str, str]:
-    """Okabe-Ito colours: normal/good always blue, the others in palette order."""
-    out, palette = {}, [c for c in OKABE_ITO if c != NORMAL_COLOUR]
-    i = 0
-    for n in names:
-        if n in ("normal", "good"):
-            out[n] = NORMAL_COLOUR
-        else:
-            out[n] = palette[i % len(palette)]
-            i += 1
-    return out
-
-
 def curves(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any] | None:
     """ROC and PR curves with AUROC and AP (sklearn, on raw scores); None with only one class."""
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -180,3 +164,18 @@ def normalisation_of(folder: str | Path):
     from core.storage import read_model_config
 
     return Normalisation.from_dict(read_model_config(folder)["normalisation"])
+
+
+def tuning_split_warning(split: str, available: Sequence[str]) -> str | None:
+    """What is wrong with tuning a threshold on ``split`` (None for val_mix, the split meant for it)."""
+    if split == "val_mix":
+        return None
+    better = "Tune on val_mix and report on test_mix." if "val_mix" in available else (
+        "Give the dataset a validation split (a mixed train/test layout gets val_mix) and tune there.")
+    if split in ("test", "test_mix"):
+        return (f"{split} is the split results are reported on: a threshold tuned on it has seen the answers, so "
+                f"the metrics shown for it are optimistic. {better}")
+    if split == "train_normal":
+        return ("train_normal holds the normal images the model was fitted on, with no defects: their scores are "
+                "lower than a new normal part's, so a threshold tuned there raises false alarms. " + better)
+    return f"{split} is not the split meant for tuning. {better}"

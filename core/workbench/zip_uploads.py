@@ -13,6 +13,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -23,6 +24,13 @@ UPLOADS_DIR = CACHE_DIR / "uploads"
 MAX_ZIP_BYTES = int(float(os.environ.get("WORKBENCH_MAX_ZIP_MB", "500")) * 1e6)  # the zip itself
 MAX_UNZIPPED_BYTES = int(float(os.environ.get("WORKBENCH_MAX_UNZIPPED_MB", "2000")) * 1e6)
 MAX_ZIP_MEMBERS = 50_000
+# Images barely compress (PNG/JPEG are compressed already); a zip that would grow over 100x is a zip bomb.
+# Checked only past MIN_RATIO_CHECK_BYTES, so a small zip of flat masks or BMPs is never refused for its ratio.
+MAX_COMPRESSION_RATIO = float(os.environ.get("WORKBENCH_MAX_ZIP_RATIO", "100"))
+MIN_RATIO_CHECK_BYTES = 20_000_000
+# All extracted uploads together; the oldest not used for IN_USE_SECONDS are evicted to make room.
+MAX_UPLOADS_BYTES = int(float(os.environ.get("WORKBENCH_MAX_UPLOADS_MB", "4000")) * 1e6)
+IN_USE_SECONDS = 30 * 60
 
 
 def _safe_member_path(name: str, zip_name: str = "The zip") -> PurePosixPath | None:
@@ -47,9 +55,12 @@ def _safe_member_path(name: str, zip_name: str = "The zip") -> PurePosixPath | N
 def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
     """Extract an uploaded dataset zip safely into ``cache/uploads/<hash>/`` and return the dataset folder.
 
-    Refused: absolute paths, ``..`` parts, symlinks, more than ``MAX_ZIP_MEMBERS`` entries, and more than
-    ``MAX_UNZIPPED_BYTES`` of content (counted while reading, so a lying header cannot bypass it). The
-    extraction goes to a temporary folder renamed into place, so a half-extracted upload is never listed.
+    Refused from the zip's directory, before anything is written: absolute paths, ``..`` parts, symlinks, more
+    than ``MAX_ZIP_MEMBERS`` entries, more than ``MAX_UNZIPPED_BYTES`` of declared content, and a compression
+    ratio over ``MAX_COMPRESSION_RATIO`` (a zip bomb). While extracting, the bytes are counted again (a lying
+    header cannot bypass the limit). The extraction goes to a temporary folder that is renamed into place only
+    once it holds a dataset with images; on every refusal it is deleted, so nothing is left on disk. Older
+    uploads not used for ``IN_USE_SECONDS`` are evicted to keep all uploads under ``MAX_UPLOADS_BYTES``.
     """
     if len(data) > MAX_ZIP_BYTES:
         raise DatasetError(
@@ -61,6 +72,7 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
     if target.is_dir():
         root = _find_dataset_root(target)
         if root is not None:
+            touch_upload(root)
             return root
         shutil.rmtree(target, ignore_errors=True)
     try:
@@ -95,6 +107,15 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
                 f"{name} unpacks to {declared / 1e6:.0f} MB; the limit is {MAX_UNZIPPED_BYTES / 1e6:.0f} MB.",
                 "Upload a smaller dataset or put the folder under the data root.",
             )
+        packed = sum(m.compress_size for m, _ in plan)
+        if declared > MIN_RATIO_CHECK_BYTES and declared > MAX_COMPRESSION_RATIO * max(packed, 1):
+            raise DatasetError(
+                f"{name} would unpack {len(data) / 1e6:.1f} MB into {declared / 1e6:.0f} MB "
+                f"({declared / max(packed, 1):.0f}x); zips that grow more than {MAX_COMPRESSION_RATIO:.0f}x are "
+                "refused (images barely compress, so this is a zip bomb or not a dataset of images).",
+                "Upload a zip of the image files themselves.",
+            )
+        _make_room(declared)
         UPLOADS_DIR.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=UPLOADS_DIR))
         try:
@@ -116,11 +137,13 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
                                 "Upload a smaller, well-formed zip.",
                             )
                         out.write(chunk)
-            if _find_dataset_root(tmp) is None:
+            found = _find_dataset_root(tmp)
+            if found is None:
                 raise DatasetError(
                     f"{name} does not hold a dataset in MVTec layout (no train/good or test/ folder found).",
                     "Zip a folder that holds train/good/, test/good/, test/<defect>/ (and optionally ground_truth/).",
                 )
+            _check_indexable(found, name)
             try:
                 os.rename(tmp, target)
             except OSError:  # another session extracted the same zip meanwhile
@@ -133,7 +156,76 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
             raise
     root = _find_dataset_root(target)
     assert root is not None
+    touch_upload(root)
     return root
+
+
+def _check_indexable(root: Path, name: str) -> None:
+    """Index the extracted folder now, so a zip that holds no images is refused before it is kept."""
+    from core.data import index_dataset
+
+    try:
+        index_dataset(root)
+    except DatasetError as exc:
+        raise DatasetError(f"{name}: {exc.problem}", exc.fix) from None
+
+
+def _upload_folder(path: Path) -> Path | None:
+    """The top folder (``UPLOADS_DIR/<hash>``) that ``path`` lies in, if it is under the uploads folder."""
+    try:
+        rel = Path(path).resolve().relative_to(UPLOADS_DIR.resolve())
+    except ValueError:
+        return None
+    return UPLOADS_DIR / rel.parts[0] if rel.parts else None
+
+
+def touch_upload(path: str | Path) -> None:
+    """Mark an extracted upload as in use now (the app calls it on every run that shows it): it is not evicted
+    while used within ``IN_USE_SECONDS``."""
+    top = _upload_folder(Path(path))
+    if top is not None and top.is_dir():
+        try:
+            os.utime(top)
+        except OSError:
+            pass
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def uploads_bytes() -> int:
+    """Bytes held by all extracted uploads."""
+    return _folder_bytes(UPLOADS_DIR) if UPLOADS_DIR.is_dir() else 0
+
+
+def _make_room(needed: int) -> None:
+    """Evict the oldest uploads not in use until ``needed`` more bytes fit under ``MAX_UPLOADS_BYTES``;
+    refuse (nothing written yet) when the uploads in use leave no room."""
+    if needed > MAX_UPLOADS_BYTES:
+        raise DatasetError(
+            f"The zip unpacks to {needed / 1e6:.0f} MB, over the {MAX_UPLOADS_BYTES / 1e6:.0f} MB kept for uploads.",
+            "Put the dataset under a data root instead (or raise WORKBENCH_MAX_UPLOADS_MB and restart).",
+        )
+    if not UPLOADS_DIR.is_dir():
+        return
+    folders = sorted((p for p in UPLOADS_DIR.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    sizes = {p: _folder_bytes(p) for p in folders}
+    total = sum(sizes.values())
+    now = time.time()
+    for p in folders:
+        if total + needed <= MAX_UPLOADS_BYTES:
+            return
+        if p.name.startswith(".") or now - p.stat().st_mtime < IN_USE_SECONDS:
+            continue  # being extracted, or in use: never evicted
+        shutil.rmtree(p, ignore_errors=True)
+        total -= sizes[p]
+    if total + needed > MAX_UPLOADS_BYTES:
+        raise DatasetError(
+            f"Uploads in use already hold {total / 1e6:.0f} MB; this zip needs {needed / 1e6:.0f} MB more than the "
+            f"{MAX_UPLOADS_BYTES / 1e6:.0f} MB kept for uploads.",
+            "Try again later, or put the dataset under a data root.",
+        )
 
 
 def _find_dataset_root(folder: Path, depth: int = 3) -> Path | None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.experiments import STUDIES
 from core.experiments import service as ex
-from pages import guarded, setup
+from ui import guarded, setup, styled
 
 setup("Experiments", "🧪")
 
@@ -42,9 +41,7 @@ def _start_quick(root: Path) -> None:
             def progress(stage: str, done: int, total: int) -> None:
                 bar.progress(min(1.0, done / max(1, total)), text=f"{stage}: {done} / {total}")
 
-            out = ex.default_out(study, dataset, True, root)
-            _, folder = ex.run_study(study, dataset, out, quick=True, progress=progress,
-                                     command=f"page: python -m core experiment {study} {dataset} --quick --out {out}")
+            _, folder = ex.start_quick_run(study, dataset, root, progress=progress)
             bar.progress(1.0, text="done")
             st.success(f"Wrote {folder}.")
             st.session_state["exp_new"] = str(folder)
@@ -63,7 +60,7 @@ def _show(run: ex.RunData) -> None:
     for note in meta.get("notes", []):
         st.markdown(f"- {note}")
     for name, fig in run.figures.items():
-        st.plotly_chart(go.Figure(fig), width="stretch", key=f"fig_{name}")
+        st.plotly_chart(styled(fig), width="stretch", key=f"fig_{name}")
     with st.expander("Settings, versions and machine"):
         st.json({k: meta.get(k) for k in ("settings", "versions", "machine", "extra")}, expanded=False)
     with st.expander("results.md (what README includes)"):
@@ -72,8 +69,10 @@ def _show(run: ex.RunData) -> None:
 
 @guarded
 def main() -> None:
-    root = Path(st.text_input("Runs folder", value=str(ex.default_runs_root()), key="exp_root",
-                              help="Folders holding results.json below this one are listed."))
+    typed = st.text_input("Runs folder", value=str(ex.default_runs_root()), key="exp_root",
+                          help="Folders holding results.json below this one are listed. Only folders under "
+                               + " or ".join(f"`{r}`" for r in ex.runs_roots()) + " may be used.")
+    root = ex.check_runs_folder(typed)  # a refused folder stops the page here with the message
     _start_quick(root)
     runs = ex.list_runs(root)
     if not runs:

@@ -1,6 +1,7 @@
 """What every page shares: error display, the session's model, cached loading and scoring.
 
-Streamlit lists every ``pages/*.py`` except ``__init__.py`` as a page, so this module is a helper, not a page.
+The pages live in ``app_pages/``, not ``pages/``: Streamlit lists a ``pages/`` folder beside the entry point as
+pages of its own (before ``st.navigation`` runs), so on the first load the sidebar and the tab read "app".
 State is kept in ``st.session_state`` only (one browser session never sees another's choices); loaded models
 and scores are shared read-only through ``st.cache_resource`` (no copy per rerun: with thousands of scored images and
 their maps, unpickling a cache_data copy on every slider move would cost more than the page itself).
@@ -12,12 +13,11 @@ import functools
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from core import workbench as wb
 from core.errors import WorkbenchError
+from ui.charts import fast_figure, histogram, log_axis, styled, threshold_line  # noqa: F401  (re-exported)
 
 HOME = "app.py"
 HOME_PAGE = None  # the home st.Page, set by app.py (the navigation) on every run
@@ -177,35 +177,5 @@ def working_threshold(folder: Path, info: wb.ModelInfo) -> float:
 
 def model_badge(info: wb.ModelInfo, threshold: float | None = None) -> None:
     t = info.threshold if threshold is None else threshold
-    extra = "" if threshold is None or abs(threshold - info.threshold) < 1e-12 else " (unsaved, from the Thresholds page)"
     st.caption(f"Model **{info.name}** · {info.kind} · {info.backbone} · {info.image_size}px · "
-               f"threshold {t:.4g}{extra}")
-
-
-def fast_figure(traces: list[dict], layout: dict) -> go.Figure:
-    """A plotly figure from plain dicts without plotly's per-property validation (tens of ms per rerun otherwise:
-    the pages redraw their charts on every slider move). The dicts are written by hand here, so they are valid."""
-    return go.Figure(data=traces, layout=layout, _validate=False)
-
-
-def threshold_line(x: float, text: str) -> tuple[dict, dict]:
-    """A dashed vertical line at ``x`` and its label (a layout shape and annotation, like ``add_vline``)."""
-    return ({"type": "line", "x0": x, "x1": x, "xref": "x", "y0": 0, "y1": 1, "yref": "paper",
-             "line": {"dash": "dash", "color": "#000000"}},
-            {"x": x, "xref": "x", "y": 1, "yref": "paper", "text": text, "showarrow": False, "yanchor": "bottom"})
-
-
-def histogram(groups: dict[str, np.ndarray], threshold: float, log: bool) -> go.Figure:
-    colours = wb.group_colours(list(groups))
-    allv = np.concatenate(list(groups.values()))
-    lo, hi = float(allv.min()), float(allv.max())
-    size = (hi - lo) / 40 if hi > lo else 1.0
-    traces = [{"type": "histogram", "x": vals, "name": f"{name} ({len(vals)})", "marker": {"color": colours[name]},
-               "opacity": 0.6, "xbins": {"start": lo, "end": hi + size, "size": size}}
-              for name, vals in groups.items()]
-    shape, note = threshold_line(threshold, f"threshold {threshold:.4g}")
-    layout = {"barmode": "overlay", "xaxis": {"title": {"text": "raw anomaly score"}},
-              "yaxis": {"title": {"text": "images"}, **({"type": "log"} if log else {})},
-              "legend": {"title": {"text": ""}}, "height": 380, "margin": {"t": 30, "b": 40},
-              "shapes": [shape], "annotations": [note]}
-    return fast_figure(traces, layout)
+               f"threshold {t:.4g} ({wb.threshold_origin(info, t)})")

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import workbench as wb
-from pages import (
+from ui import (
     guarded,
     histogram,
     model_badge,
@@ -40,13 +40,14 @@ def _datasets_by_kind() -> tuple[dict[str, str], dict[str, str]]:
 
 def curve_figs(results: list[wb.SplitScores]) -> tuple[go.Figure, go.Figure, list[dict]]:
     roc, pr, rows = go.Figure(), go.Figure(), []
-    for i, r in enumerate(results):
+    colours = wb.series_colours([r.split for r in results])
+    for r in results:
         c = wb.curves(r.labels, r.scores)
         if c is None:
             rows.append({"split": r.split, "images": len(r), "AUROC": None, "AP": None,
                          "note": "one class only: curves undefined"})
             continue
-        colour = wb.OKABE_ITO[i % len(wb.OKABE_ITO)]
+        colour = colours[r.split]
         roc.add_trace(go.Scatter(x=c["fpr"], y=c["tpr"], mode="lines", line_color=colour,
                                  name=f"{r.split} (AUROC {c['auroc']:.3f})"))
         pr.add_trace(go.Scatter(x=c["recall"], y=c["precision"], mode="lines", line_color=colour,

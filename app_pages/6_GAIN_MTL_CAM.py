@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from core.gain import service as gs
-from pages import fast_figure, guarded, setup, show_error
+from ui import fast_figure, guarded, setup, show_error
 
 setup("GAIN-MTL CAM", "👁")
 

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core import workbench as wb
-from pages import guarded, model, model_badge, require_model, setup, working_threshold
+from ui import guarded, model, model_badge, require_model, setup, working_threshold
 
 setup("Score images", "🖼️")
 
@@ -66,7 +66,7 @@ def main() -> None:
         for j, r in enumerate(good):
             cols[j % 3].image(
                 wb.upload_overlay(r, norm, float(pix)),
-                caption=f"{r.name} · {r.decision} · score {r.score:.4g} (normalised {r.normalised:.2f}) "
+                caption=f"{r.name} · {r.decision} · score {r.score:.4g} ({r.to_threshold:.2f} × threshold) "
                         f"· {r.ms:.0f} ms",
             )
 

@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from core import workbench as wb
-from pages import (
+from ui import (
     guarded,
     model,
     model_badge,
@@ -92,13 +92,15 @@ def main() -> None:
     i = idx[int(pick)]
     det = model(folder, info)
     try:
-        detail = wb.score_one(det, res.paths[i])
+        detail = wb.score_one(det, res.paths[i], threshold=thr)
     except Exception as exc:  # noqa: BLE001
         show_error(exc)
         return
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Score", f"{detail.score:.4g}")
-    m2.metric("Normalised (1 = threshold)", f"{detail.normalised:.3f}")
+    m2.metric("Score ÷ threshold", f"{detail.to_threshold:.3f}",
+              help=f"The score divided by the threshold in use ({thr:.4g}, {wb.threshold_origin(info, thr)}): "
+                   "1 = at the threshold, ≥ 1 = anomalous.")
     m3.metric("Decision", "anomalous" if detail.score >= thr else "normal", outs[i], delta_color="off")
     m4.metric("Time", f"{detail.ms:.0f} ms", help="Rescored now (features from the disk cache when present).")
     a, b, c = st.columns(3)

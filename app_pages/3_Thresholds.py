@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import workbench as wb
-from pages import (
+from ui import (
     cascade_state,
     cascade_sweep,
     fast_figure,
@@ -57,6 +57,8 @@ def main() -> None:
     pref = "val_mix" if "val_mix" in splits else splits[0]
     split = st.selectbox("Tune on split", splits, index=splits.index(pref), key="th_split",
                          help="val_mix is the split meant for tuning; report on test_mix.")
+    if warning := wb.tuning_split_warning(split, splits):
+        st.warning(warning)
     res = scores_for(folder, info, root, split)
     if len(res) == 0:
         st.warning("No image of this split could be scored.")
@@ -86,6 +88,14 @@ def main() -> None:
     def reset() -> None:
         st.session_state[key] = float(info.threshold)
 
+    def save() -> None:  # a callback: the rerun that follows draws every caption from the saved model
+        thr_now = float(st.session_state[key])
+        try:
+            wb.save_threshold(folder, thr_now, source=f"set in the app on {split}")
+            st.session_state["th_saved"] = f"Saved threshold {thr_now:.6g} into {folder / 'config.json'}."
+        except Exception as exc:  # noqa: BLE001
+            st.session_state["th_save_error"] = exc
+
     st.session_state["th_slider"] = clamp(st.session_state[key])
     st.session_state["th_number"] = float(st.session_state[key])
     c1, c2 = st.columns([3, 1])
@@ -97,18 +107,15 @@ def main() -> None:
     c4.button("Pick for target recall", on_click=pick_recall, key="th_pick",
               help="The highest threshold that still finds this share of the split's anomalous images.")
     c5.button("Back to saved", on_click=reset, key="th_reset")
-    save = c6.button("Save into model", type="primary", key="th_save")
+    c6.button("Save into model", type="primary", key="th_save", on_click=save)
     if msg := st.session_state.pop("th_message", None):
         st.error(msg)
+    if msg := st.session_state.pop("th_saved", None):
+        st.success(msg)
+    if exc := st.session_state.pop("th_save_error", None):
+        show_error(exc)
 
     thr = float(st.session_state[key])
-    if save:
-        try:
-            wb.save_threshold(folder, thr, source=f"set in the app on {split}")
-            st.success(f"Saved threshold {thr:.6g} into {folder / 'config.json'}.")
-            info = wb.model_info(folder)
-        except Exception as exc:  # noqa: BLE001
-            show_error(exc)
 
     cm = wb.confusion(res.labels, res.scores, thr)
     m1, m2, m3, m4, m5 = st.columns(5)
@@ -222,6 +229,15 @@ def cascade_section(folder, heat_thr: float) -> None:
     def reset() -> None:
         st.session_state[key] = saved
 
+    def save() -> None:  # a callback: the rerun that follows reads the saved policy back for every caption
+        lo_now, hi_now = st.session_state[key]
+        try:
+            wb.save_cascade_policy(folder, lo_now, hi_now, heat_thr, source="set in the app on val_mix")
+            st.session_state["cas_saved"] = (f"Saved {_fmt_pair(lo_now, hi_now)} (heatmap threshold "
+                                             f"{heat_thr:.6g}) into {wb.cascade_dir(folder) / 'cascade.json'}.")
+        except Exception as exc:  # noqa: BLE001
+            st.session_state["cas_save_error"] = exc
+
     lo, hi = st.session_state[key]
     st.session_state["cas_range"] = (lo, hi)
     st.session_state["cas_low"] = lo
@@ -239,17 +255,14 @@ def cascade_section(folder, heat_thr: float) -> None:
               help="The cascade's automatic choice: the lowest mean latency whose val_mix recall reaches the "
                    "target and whose precision stays within 0.05 of the heatmap model alone.")
     c6.button("Back to saved", key="cas_reset", on_click=reset)
-    save = c7.button("Save T_low/T_high into model", type="primary", key="cas_save")
+    c7.button("Save T_low/T_high into model", type="primary", key="cas_save", on_click=save)
     if msg := st.session_state.pop("cas_message", None):
         st.info(msg)
+    if msg := st.session_state.pop("cas_saved", None):
+        st.success(msg)
+    if exc := st.session_state.pop("cas_save_error", None):
+        show_error(exc)
     lo, hi = st.session_state[key]
-    if save:
-        try:
-            wb.save_cascade_policy(folder, lo, hi, heat_thr, source="set in the app on val_mix")
-            st.success(f"Saved {_fmt_pair(lo, hi)} (heatmap threshold {heat_thr:.6g}) into "
-                       f"{wb.cascade_dir(folder) / 'cascade.json'}.")
-        except Exception as exc:  # noqa: BLE001
-            show_error(exc)
 
     p = wb.cascade_point(m, lo, hi, heat_thr)
     base = next(r for r in rows if r["mode"] == "heatmap_only")
