@@ -1,8 +1,10 @@
-"""Drive the Score images page under AppTest with real uploaded bytes (AppTest cannot drive ``st.file_uploader``).
+"""Drive a page under AppTest with real uploaded bytes (AppTest cannot drive ``st.file_uploader``).
 
 The harness script replaces only ``st.file_uploader`` (the browser's file picker) with the files found in a folder
 at each rerun, then runs the real page; everything after the upload is the real page and the real model. Used by
-``tests/test_app.py`` and by ``benchmarks/soak.py`` (uploads through the app's path).
+``tests/test_app.py``, ``tests/test_input_safety.py`` and by ``benchmarks/soak.py`` (uploads through the app's path).
+The harness lives in a temporary folder beside a link to ``app_pages/``, because ``st.Page`` paths (the home
+page's navigation) are resolved against the folder of the script AppTest runs.
 """
 
 from __future__ import annotations
@@ -30,8 +32,15 @@ class _Upload:
         return self._data
 
 
+def _uploads(*a, **k):
+    files = [_Upload(p) for p in sorted(Path(FOLDER).iterdir())]
+    if k.get("accept_multiple_files"):
+        return files
+    return files[0] if files else None
+
+
 _real = st.file_uploader
-st.file_uploader = lambda *a, **k: [_Upload(p) for p in sorted(Path(FOLDER).iterdir())]
+st.file_uploader = _uploads
 try:
     with open(PAGE, encoding="utf-8") as fh:
         exec(compile(fh.read(), PAGE, "exec"), {"__name__": "__main__", "__file__": PAGE})
@@ -49,15 +58,24 @@ def set_uploads(folder: Path, files: list[tuple[str, bytes]]) -> None:
         (folder / f"{i:04d}__{name}").write_bytes(data)
 
 
-def score_page_with_uploads(work: Path, files: list[tuple[str, bytes]], model_dir: Path,
-                            timeout: float = 180) -> tuple[AppTest, Path]:
-    """The Score images page for ``model_dir`` with ``files`` uploaded; returns the AppTest and the upload folder
-    (call :func:`set_uploads` on it and ``at.run()`` to upload other files in the same session)."""
+def page_with_uploads(work: Path, files: list[tuple[str, bytes]], page: Path,
+                      timeout: float = 180) -> tuple[AppTest, Path]:
+    """``page`` under AppTest with ``files`` as what its file uploader returns; returns the AppTest and the upload
+    folder (call :func:`set_uploads` on it and ``at.run()`` to upload other files in the same session)."""
     work.mkdir(parents=True, exist_ok=True)
     folder = work / "uploads"
     set_uploads(folder, files)
-    script = work / "score_images_harness.py"
-    script.write_text(f"FOLDER = {str(folder)!r}\nPAGE = {str(SCORE_PAGE)!r}\n" + _HARNESS)
-    at = AppTest.from_file(str(script), default_timeout=timeout)
+    pages = work / "app_pages"
+    if not pages.exists():
+        pages.symlink_to(ROOT / "app_pages", target_is_directory=True)
+    script = work / f"harness_{page.stem}.py"
+    script.write_text(f"FOLDER = {str(folder)!r}\nPAGE = {str(page)!r}\n" + _HARNESS)
+    return AppTest.from_file(str(script), default_timeout=timeout), folder
+
+
+def score_page_with_uploads(work: Path, files: list[tuple[str, bytes]], model_dir: Path,
+                            timeout: float = 180) -> tuple[AppTest, Path]:
+    """The Score images page for ``model_dir`` with ``files`` uploaded (see :func:`page_with_uploads`)."""
+    at, folder = page_with_uploads(work, files, SCORE_PAGE, timeout)
     at.session_state["model_dir"] = str(model_dir)
     return at, folder

@@ -8,6 +8,7 @@ upload test replaces ``st.file_uploader`` (only the browser's file picker) with 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -92,6 +93,14 @@ def test_home_shows_demo_and_fits_a_model(models_root, demo_root):
     assert at.session_state["model_dir"] == str(models_root / "home-fit")
     done = " ".join(s.value for s in at.success)
     assert "home-fit" in done and "extraction" in done and "calibration" in done and "hits" in done
+    # the message says how many images built the model and how the threshold was calibrated (issue 19, 6)
+    assert re.search(r"fitted on all \d+ training images; threshold calibrated on \d+ of them", done), done
+    # the sidebar names the new model in the same run, not after the next one (issue 19, 6)
+    side = " ".join(c.value for c in at.sidebar.caption)
+    assert "home-fit" in side and "No model" not in side, side
+    assert any("outlined in magenta" in c.value for c in at.caption), "the thumbnails' legend names their colour"
+    models_table = next(df.value for df in at.dataframe if "kind" in df.value.columns)
+    assert "details" not in models_table.columns, "the long columns are shown under the table, not cut off in it"
 
 
 def test_rename_and_delete_with_confirmation(models_root, demo_root, fitted):

@@ -2,7 +2,7 @@
 
 Fits PatchCore and the stats gate on the demo from the home page, moves a cascade threshold on the Thresholds
 page and checks that the numbers change, uploads an image on the Score images page and sees its heatmap, and
-saves a screenshot of the Heatmaps gallery to assets/screenshot.png (the one the README shows).
+types a runs folder outside the project on the Experiments page and sees it refused, saves a screenshot of the Heatmaps gallery to assets/screenshot.png (the one the README shows).
 
 Playwright's own browser download is not reachable here, so the system chromium is used; `make test` installs it
 when missing. A missing browser is a failure, never a skip. The server is stopped whatever happens.
@@ -126,10 +126,20 @@ def test_app_in_a_real_browser(server):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(STEP_TIMEOUT_MS)
             page.goto(server)
+            # from the first paint on, the tab and the sidebar never read "app" (a pages/ folder did that)
+            titles, entries = set(), set()
+            while not page.get_by_role("heading", name="Data & models").count():
+                titles.add(page.title())
+                nav = page.locator('[data-testid="stSidebarNav"]')
+                if nav.count():
+                    entries.update(nav.first.inner_text().split("\n"))
+                page.wait_for_timeout(30)
+            assert "app" not in titles and "app" not in entries, (titles, entries)
             page.get_by_role("heading", name="Data & models").wait_for()
             _idle(page)
             sidebar = page.locator('[data-testid="stSidebar"]')
             assert sidebar.get_by_role("link", name=re.compile("Data & models$")).count() == 1, "home is titled"
+            assert page.locator('[data-testid="stMainMenu"]').count() == 1, "the main menu (rerun, theme) is there"
 
             # 1. fit PatchCore on the demo, then the stats gate, from the home page
             page.get_by_role("button", name=re.compile(r"^Fit patchcore on ")).click()
@@ -197,6 +207,16 @@ def test_app_in_a_real_browser(server):
             assert pic.evaluate("el => el.naturalWidth") > 50, "the overlay image has pixels"
             box = pic.bounding_box()
             assert box and box["width"] > 50 and box["height"] > 50
+
+            # 3b. Experiments: a runs folder outside the project is refused; nothing is listed from it
+            _goto(page, "Experiments")
+            box = page.get_by_label("Runs folder", exact=True)
+            box.fill("/etc")
+            box.press("Enter")
+            _idle(page)
+            page.get_by_text(re.compile("outside the folders the app may use")).first.wait_for()
+            assert page.get_by_role("button", name="Run quick").count() == 0
+            assert page.locator('[data-testid="stDataFrame"]').count() == 0
 
             # 4. the Heatmaps gallery, for the README
             _goto(page, "Heatmaps")
