@@ -619,6 +619,25 @@ def classify_error(exc: BaseException, *names: str | os.PathLike) -> tuple[str, 
     return "crash", f"{type(exc).__name__} escaped: {tb}"
 
 
+MIN_SCORABLE_SIDE = 32  # the product's rule, stated again here: smaller or blank images get a message, no score
+
+
+def scoring_expectation(c: ImageCase) -> str:
+    """What scoring must do with a case: a decodable image under 32 px a side or with one value everywhere
+    (a 1 x 1 PNG, a 4000 x 1 strip, a constant 16-bit TIFF) is refused with a message, never scored."""
+    if c.expect != "accept":
+        return c.expect
+    from core.data import read_image_bytes
+
+    try:
+        img = read_image_bytes(c.data, c.name)
+    except Exception:  # noqa: BLE001  (read_image's own entry judges decoding)
+        return c.expect
+    if min(img.shape[:2]) < MIN_SCORABLE_SIDE or img.min() == img.max():
+        return "reject"
+    return "accept"
+
+
 def check_expectation(result: str, message: str, expect: str) -> tuple[str, str]:
     """Turn a broken expectation into a crash (a bomb that was accepted, an RGBA image that was refused)."""
     if result == "accepted" and expect == "reject":
@@ -670,7 +689,7 @@ def _record_upload(report: FuzzReport, c: ImageCase, r) -> None:
         res, msg = "rejected", r.error
     else:
         res, msg = "crash", f"error row does not name {c.name!r}: {r.error}"
-    report.add("upload", c.kind, c.name, *check_expectation(res, msg, c.expect))
+    report.add("upload", c.kind, c.name, *check_expectation(res, msg, scoring_expectation(c)))
 
 
 def write_cases(folder: Path, cases: list[ImageCase]) -> list[Path]:
@@ -701,7 +720,7 @@ def run_score_paths(report: FuzzReport, det, folder: Path, cases: list[ImageCase
             res_, msg = "rejected", res.errors[i]
         else:
             res_, msg = "crash", f"no message naming {p}: {res.errors.get(i)}"
-        report.add("score_paths", c.kind, c.name, *check_expectation(res_, msg, c.expect))
+        report.add("score_paths", c.kind, c.name, *check_expectation(res_, msg, scoring_expectation(c)))
     if len(paths) not in ok:
         report.add("score_paths", "control", "control.png", "crash", "good image not scored next to bad ones")
 
