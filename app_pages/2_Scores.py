@@ -38,6 +38,11 @@ def _datasets_by_kind() -> tuple[dict[str, str], dict[str, str]]:
     return normal, domain
 
 
+@st.cache_data(show_spinner="Pixel metrics (masks read once)…", max_entries=32)
+def _pixel(folder: str, arrays_key: str, dataset: str, split: str, _res: wb.SplitScores) -> dict | None:
+    return wb.pixel_metrics(_res)
+
+
 def curve_figs(results: list[wb.SplitScores]) -> tuple[go.Figure, go.Figure, list[dict]]:
     roc, pr, rows = go.Figure(), go.Figure(), []
     colours = wb.series_colours([r.split for r in results])
@@ -111,7 +116,14 @@ def main() -> None:
         st.info(f"Domain set {Path(r.dataset).name}{sample}: {wb.flag_rate(r.scores, thr):.1%} flagged anomalous "
                 "at this threshold. Read it only beside the mixed split: flagging everything would score 100 %.")
     roc, pr, rows = curve_figs(results)
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    for row, r in zip(rows, results):
+        px = _pixel(str(folder), info.stamp.split(":")[0], str(r.dataset), r.split, r)
+        if px:
+            row.update({"pixel AUROC": px["pixel_auroc"], "pixel AP": px["pixel_ap"], "AUPRO": px["aupro"]})
+    st.dataframe(pd.DataFrame(rows).round(4), hide_index=True)
+    if any("pixel AP" in row for row in rows):
+        st.caption(f"Pixel metrics on the {wb.MAP_STORE_SIZE}-px maps kept for the galleries; "
+                   "`python -m core evaluate` reports them on full-size maps.")
     a, b = st.columns(2)
     a.plotly_chart(roc, key="sc_roc")
     b.plotly_chart(pr, key="sc_pr")

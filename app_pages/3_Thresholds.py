@@ -21,16 +21,18 @@ import streamlit as st
 
 from core import workbench as wb
 from ui import (
+    BAND_PARAM,
+    band_histogram,
     cascade_state,
     cascade_sweep,
     fast_figure,
     guarded,
     link_home,
-    histogram,
     model_badge,
     model_dataset,
     require_model,
     scores_for,
+    selected_band,
     setup,
     show_error,
     splits_of,
@@ -88,6 +90,11 @@ def main() -> None:
     def reset() -> None:
         st.session_state[key] = float(info.threshold)
 
+    def from_chart() -> None:
+        band = selected_band(st.session_state.get("th_hist"))
+        if band is not None:
+            st.session_state[key] = float(band[0])
+
     def save() -> None:  # a callback: the rerun that follows draws every caption from the saved model
         thr_now = float(st.session_state[key])
         try:
@@ -133,7 +140,13 @@ def main() -> None:
     )
     if not (res.labels == 1).any() or not (res.labels == 0).any():
         st.info("This split has only one class; precision/recall or false alarms are not both defined.")
-    st.plotly_chart(histogram(wb.group_scores([res], "label"), thr, False), key="th_hist")
+    lo_s, hi_s = float(min(res.scores.min(), thr)), float(max(res.scores.max(), thr))
+    st.altair_chart(
+        band_histogram(wb.score_bins(res.scores, res.labels, lo_s, hi_s), f"raw anomaly score ({split})",
+                       (lo_s, hi_s), [(thr, f"threshold {thr:.4g}")]),
+        key="th_hist", on_select=from_chart, selection_mode=BAND_PARAM, width="stretch")
+    st.caption("Drag across the histogram to move the threshold to the left edge of what you drag: everything "
+               "from there up is called anomalous.")
     saved = info.threshold
     st.caption(f"Saved threshold: {saved:.6g} ({info.threshold_source}).")
     cascade_section(folder, thr)
@@ -155,33 +168,42 @@ def _fmt_pair(lo: float, hi: float) -> str:
     return f"T_low={lo:.3f}, T_high={hi:.3f}"
 
 
-def pareto_figure(rows: list[dict], front: list[dict], point: dict, auto: tuple[float, float] | None) -> go.Figure:
+SECOND_AXES = {"precision": "precision", "false-alarm rate": "false_alarm_rate"}
+
+
+def pareto_figure(rows: list[dict], front: list[dict], marks: dict[str, dict], second: str) -> go.Figure:
+    """Every operating point with the same definitions at the heatmap threshold in use: recall (left) and
+    ``second`` (precision or false-alarm rate, right) against mean latency; the front as a line; the end points,
+    the automatic and saved choices and the current point recomputed from the cached measurements."""
+    key = SECOND_AXES[second]
     casc = [r for r in rows if r["mode"] == "cascade"]
-    traces = [
-        {"type": "scatter", "x": [r["latency_ms"] for r in casc], "y": [r["recall"] for r in casc], "mode": "markers",
-         "name": "swept (T_low, T_high) pairs", "marker": {"color": "#BBBBBB", "size": 6},
-         "text": [_fmt_pair(r["t_low"], r["t_high"]) for r in casc], "hoverinfo": "text+x+y"},
-        {"type": "scatter", "x": [r["latency_ms"] for r in front], "y": [r["recall"] for r in front],
-         "mode": "lines+markers", "name": "Pareto front (recall vs mean latency)",
-         "line": {"color": "#0072B2", "shape": "hv"}, "marker": {"size": 8},
-         "text": [r["mode"] if r["mode"] != "cascade" else _fmt_pair(r["t_low"], r["t_high"]) for r in front],
-         "hoverinfo": "text+x+y"},
-    ]
-    for mode, colour, symbol in (("heatmap_only", "#000000", "diamond"), ("gate_only", "#E69F00", "square")):
-        r = next((r for r in rows if r["mode"] == mode), None)
-        if r is not None:
-            traces.append({"type": "scatter", "x": [r["latency_ms"]], "y": [r["recall"]], "mode": "markers",
-                           "name": mode, "marker": {"color": colour, "size": 12, "symbol": symbol}})
-    if auto is not None:
-        traces.append({"type": "scatter", "x": [auto[0]], "y": [auto[1]], "mode": "markers",
-                       "name": "automatic choice (saved)",
-                       "marker": {"color": "#009E73", "size": 13, "symbol": "triangle-up"}})
-    traces.append({"type": "scatter", "x": [point["latency_ms"]], "y": [point["recall"]], "mode": "markers",
-                   "name": "current point", "marker": {"color": "#D55E00", "size": 18, "symbol": "star",
-                                                       "line": {"color": "#000000", "width": 1}}})
-    layout = {"xaxis": {"title": {"text": "expected mean latency per image (ms, batch 1)"}},
-              "yaxis": {"title": {"text": "recall (val_mix)"}}, "height": 380, "margin": {"t": 30, "b": 40},
-              "legend": {"orientation": "h", "y": -0.25}}
+    traces: list[dict] = []
+    for col, metric in ((1, "recall"), (2, key)):
+        ax = "" if col == 1 else "2"
+        first = col == 1
+
+        def pts(rs: list[dict], name: str, marker: dict, mode: str = "markers", **extra) -> dict:
+            return {"type": "scatter", "x": [r["latency_ms"] for r in rs], "y": [r[metric] for r in rs],
+                    "mode": mode, "name": name, "marker": marker, "xaxis": f"x{ax}", "yaxis": f"y{ax}",
+                    "legendgroup": name, "showlegend": first, **extra}
+
+        traces.append(pts(casc, "swept (T_low, T_high) pairs", {"color": "#BBBBBB", "size": 6},
+                          text=[_fmt_pair(r["t_low"], r["t_high"]) for r in casc], hoverinfo="text+x+y"))
+        traces.append(pts(front, "Pareto front (recall vs mean latency)", {"color": "#0072B2", "size": 8},
+                          "lines+markers", line={"color": "#0072B2", "width": 2.5}))
+        styles = {"heatmap only": ("#000000", "diamond", 12), "gate only": ("#E69F00", "square", 12),
+                  "automatic choice": ("#009E73", "triangle-up", 13), "saved": ("#CC79A7", "circle-open", 16),
+                  "current point": ("#D55E00", "star", 18)}
+        for name, r in marks.items():
+            colour, symbol, size = styles[name]
+            traces.append(pts([r], name, {"color": colour, "symbol": symbol, "size": size,
+                                          "line": {"color": "#000000", "width": 1}}))
+    layout = {"xaxis": {"domain": [0, 0.47], "title": {"text": "mean latency per image (ms, batch 1)"}},
+              "xaxis2": {"domain": [0.53, 1], "anchor": "y2", "matches": "x",
+                         "title": {"text": "mean latency per image (ms, batch 1)"}},
+              "yaxis": {"title": {"text": "recall (val_mix)"}},
+              "yaxis2": {"anchor": "x2", "title": {"text": f"{second} (val_mix)"}},
+              "height": 400, "margin": {"t": 30, "b": 40}, "legend": {"orientation": "h", "y": -0.3}}
     return fast_figure(traces, layout)
 
 
@@ -229,6 +251,11 @@ def cascade_section(folder, heat_thr: float) -> None:
     def reset() -> None:
         st.session_state[key] = saved
 
+    def from_chart() -> None:
+        band = selected_band(st.session_state.get("cas_hist"))
+        if band is not None:
+            set_pair(*band)
+
     def save() -> None:  # a callback: the rerun that follows reads the saved policy back for every caption
         lo_now, hi_now = st.session_state[key]
         try:
@@ -263,6 +290,7 @@ def cascade_section(folder, heat_thr: float) -> None:
     if exc := st.session_state.pop("cas_save_error", None):
         show_error(exc)
     lo, hi = st.session_state[key]
+    gate_distribution(state, lo, hi, from_chart)
 
     p = wb.cascade_point(m, lo, hi, heat_thr)
     base = next(r for r in rows if r["mode"] == "heatmap_only")
@@ -285,13 +313,61 @@ def cascade_section(folder, heat_thr: float) -> None:
         ),
         key="cas_matrix",
     )
-    auto = None
-    choice = (state.config.get("choice") or {}).get("chosen")
-    if choice:
-        auto = (float(choice["latency_ms"]), float(choice["recall"]))
-    st.plotly_chart(pareto_figure(rows, front, p, auto), key="cas_pareto")
+    second = st.radio("Second axis", list(SECOND_AXES), horizontal=True, key="cas_second")
+    st.plotly_chart(pareto_figure(rows, front, wb.operating_marks(state, rows, lo, hi, heat_thr), second),
+                    key="cas_pareto")
     src = state.config.get("policy_source") or "the automatic choice when the gate was fitted"
     st.caption(f"Saved: {_fmt_pair(*saved)} ({src}). The sweep and its front use the heatmap threshold above.")
+    held_out_check(folder, state, lo, hi, heat_thr, p)
+
+
+def gate_distribution(state, lo: float, hi: float, on_select) -> None:
+    """The gate's val_mix scores, normal vs defective, with T_low / T_high, the uncertain band shaded and counts."""
+    m = state.measured
+    st.subheader("Gate scores on val_mix")
+    chart = band_histogram(wb.score_bins(m.gate_scores, m.labels, 0.0, 1.0), "calibrated gate score (val_mix)",
+                           (0.0, 1.0), [(lo, "T_low"), (hi, "T_high")], shade=(lo, hi))
+    st.altair_chart(chart, key="cas_hist", on_select=on_select, selection_mode=BAND_PARAM, width="stretch")
+    by_class = st.toggle("Counts per defect class", key="cas_by_class")
+    st.caption("Drag across the histogram to set T_low and T_high to the band's edges. Below T_low the gate calls "
+               "the image normal, above T_high defective; only the shaded band goes to the heatmap model.")
+    st.dataframe(pd.DataFrame(wb.band_counts(m.labels, state.defects, m.gate_scores, lo, hi, by_class)),
+                 hide_index=True, key="cas_bands")
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _held_out(folder: str, stamp: str):
+    return wb.held_out_measurements(folder)
+
+
+def held_out_check(folder, state, lo: float, hi: float, heat_thr: float, val_point: dict) -> None:
+    """The thresholds chosen on val_mix, applied to test_mix: measured once per gate, never used for tuning."""
+    with st.expander("Held-out check on test_mix (a report, not for tuning)"):
+        cached = (wb.cascade_dir(folder) / "measured_test_mix.csv").is_file()
+        if not cached and not st.button("Measure test_mix once (every image through the gate and the model)",
+                                        key="cas_heldout"):
+            st.caption("Scores each test_mix image once, one at a time as on val_mix; the result is kept with the gate.")
+            return
+        try:
+            if cached:
+                _, test = _held_out(str(folder), state.stamp)
+            else:
+                bar = st.progress(0.0, text="Measuring test_mix…")
+                _, test = wb.held_out_measurements(
+                    folder, progress=lambda s, d, n: bar.progress(min(1.0, d / max(n, 1)), text=f"{s}: {d}/{n}"))
+                bar.empty()
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+            return
+        t = wb.cascade_point(test, lo, hi, heat_thr)
+        rows = [{"split": name, "images": n, "recall": round(x["recall"], 3), "precision": round(x["precision"], 3),
+                 "false-alarm rate": round(x["fp"] / max(x["fp"] + x["tn"], 1), 3),
+                 "heatmap call rate": f"{x['heatmap_call_rate']:.0%}", "mean latency ms": round(x["latency_ms"], 1)}
+                for name, n, x in (("val_mix (tuned on)", len(state), val_point), ("test_mix (held out)",
+                                                                                  len(test.labels), t))]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="cas_heldout_table")
+        st.caption(f"At {_fmt_pair(lo, hi)} and heatmap threshold {heat_thr:.4g}. Do not tune on these numbers: "
+                   "that would make test_mix a second validation split.")
 
 
 main()

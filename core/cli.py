@@ -141,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     set_threads()
     det = _detector_from_args(args)
     m = run_evaluate(resolve_dataset(args.dataset), det, args.out, split=args.split, cache=_cache(args), progress=TqdmProgress())
-    keys = ["image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max", "fit_seconds", "ms_per_image",
+    keys = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_ap", "f1_max", "fit_seconds", "ms_per_image",
             "memory_bank_size", "image_score_bank_size"]
     print(json.dumps({k: m.get(k) for k in keys}, indent=2))
     if m.get("warning"):

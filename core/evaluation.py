@@ -23,7 +23,7 @@ from core.detectors import HeatmapDetector, ScoreResult
 from core.detectors.postprocess import score_to_threshold
 from core.errors import DatasetError, WorkbenchError
 from core.features import FeatureCache
-from core.metrics import aupro, confusion_at, image_metrics, per_class_metrics, pixel_auroc
+from core.metrics import aupro, confusion_at, image_metrics, per_class_metrics, pixel_ap, pixel_auroc
 from core.progress import ProgressFn, no_progress
 from core.storage import atomic_write_json, atomic_write_text
 from core.visualize import overlay, side_by_side, write_png
@@ -164,6 +164,7 @@ def evaluate_split(
         "threshold": im.threshold,
         "note": im.note,
         "pixel_auroc": pixel_auroc(masks[usable], res.maps[usable]) if has_pixels else None,
+        "pixel_ap": pixel_ap(masks[usable], res.maps[usable]) if has_pixels else None,
         "aupro": aupro(masks[usable], res.maps[usable]) if has_pixels else None,
         "per_class": per_class_metrics(labels, res.scores, defects, threshold=im.threshold)
         if (labels == 0).any() and (labels == 1).any()

@@ -64,10 +64,12 @@ def is_within(path: Path, roots: Iterable[Path]) -> bool:
     return any(p == r or r in p.parents for r in (Path(r).resolve() for r in roots))
 
 
-def confine(text: str | Path, roots: Iterable[Path], what: str, fix: str, base: Path = PROJECT_ROOT) -> Path:
+def confine(text: str | Path, roots: Iterable[Path], what: str, fix: str, base: Path = PROJECT_ROOT,
+            purpose: str = "use") -> Path:
     """``text`` resolved (relative paths against ``base``, links followed) if it lies under one of ``roots``.
 
-    Else a WorkbenchError naming the allowed folders and ``fix``. Used for reads and writes alike.
+    Else a WorkbenchError naming the allowed folders (what the app may ``purpose``) and ``fix``. Used for reads and
+    writes alike.
     """
     p = check_typed_path(text, what)
     p = (p if p.is_absolute() else base / p).resolve()
@@ -75,6 +77,7 @@ def confine(text: str | Path, roots: Iterable[Path], what: str, fix: str, base: 
     if any(p == r or r in p.parents for r in allowed):
         return p
     raise WorkbenchError(
-        f"The {what} {short(str(text))} is outside the folders the app may use ({', '.join(map(str, allowed))}).",
+        f"The {what} {short(str(text))} is outside the folders the app may {purpose} "
+        f"({', '.join(map(str, allowed))}).",
         fix,
     )

@@ -16,6 +16,7 @@ ANOMALOUS_COLOUR = "#D55E00"
 # Names that mean the same thing on every page get one colour each.
 SERIES_COLOURS = {
     "normal": NORMAL_COLOUR, "good": NORMAL_COLOUR, "anomalous": ANOMALOUS_COLOUR, "defect": ANOMALOUS_COLOUR,
+    "defective": ANOMALOUS_COLOUR,
     "train_normal": "#56B4E9", "train_mix": "#CC79A7", "val_mix": "#009E73", "test_mix": "#E69F00",
     "test": "#E69F00", "chance": "#999999",
 }

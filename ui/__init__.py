@@ -17,7 +17,16 @@ import streamlit as st
 
 from core import workbench as wb
 from core.errors import WorkbenchError
-from ui.charts import fast_figure, histogram, log_axis, styled, threshold_line  # noqa: F401  (re-exported)
+from ui.charts import (  # noqa: F401  (re-exported)
+    BAND_PARAM,
+    band_histogram,
+    fast_figure,
+    histogram,
+    log_axis,
+    selected_band,
+    styled,
+    threshold_line,
+)
 
 HOME = "app.py"
 HOME_PAGE = None  # the home st.Page, set by app.py (the navigation) on every run

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import altair as alt
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from core import workbench as wb
@@ -127,3 +129,53 @@ def styled(figure: dict) -> go.Figure:
                     for v in (getattr(t, letter) or []) if isinstance(v, (int, float))]
             fig.layout[axis_name].update(log_axis(vals))
     return fig
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Histograms whose x range can be dragged (altair interval selection, read back by st.altair_chart(on_select=...))
+
+BAND_PARAM = "band"
+
+
+def band_histogram(rows: list[dict], x_title: str, domain: tuple[float, float], rules: list[tuple[float, str]],
+                   shade: tuple[float, float] | None = None, height: int = 240) -> alt.Chart:
+    """Normal and defective images as two overlaid histograms (rows from ``wb.score_bins``), the thresholds as thin
+    black bars, an optional shaded band, and an x-interval selection named ``band`` that the page reads back.
+
+    One chart, not a layer of several: Streamlit reads selections back from single-view charts only, so the
+    thresholds and the band are drawn as bars of the same chart (groups of their own, at full height).
+    """
+    groups = list(dict.fromkeys(r["group"] for r in rows)) or ["normal", "defective"]
+    colours = wb.series_colours(groups)
+    top = max([r["count"] for r in rows] or [1])
+    width = (domain[1] - domain[0]) / 300 or 1e-3
+    marks = ([{"bin_start": shade[0], "bin_end": shade[1], "count": top, "group": "uncertain band"}] if shade else [])
+    marks += [{"bin_start": v - width, "bin_end": v + width, "count": top, "group": label} for v, label in rules]
+    names = [m["group"] for m in marks] + groups
+    palette = ["#999999" if m["group"] == "uncertain band" else "#000000" for m in marks] + [colours[g] for g in groups]
+    opacity = [0.18 if m["group"] == "uncertain band" else 1.0 for m in marks] + [0.65] * len(groups)
+    brush = alt.selection_interval(encodings=["x"], name=BAND_PARAM)
+    return (alt.Chart(pd.DataFrame(marks + rows, columns=["bin_start", "bin_end", "count", "group"]))
+            .mark_bar(binSpacing=0)
+            .encode(x=alt.X("bin_start:Q", title=x_title, scale=alt.Scale(domain=list(domain), nice=False)),
+                    x2="bin_end:Q", y=alt.Y("count:Q", stack=None, title="images"),
+                    color=alt.Color("group:N", title=None, legend=alt.Legend(orient="top"),
+                                    scale=alt.Scale(domain=names, range=palette), sort=names),
+                    opacity=alt.Opacity("group:N", scale=alt.Scale(domain=names, range=opacity), legend=None),
+                    tooltip=["group:N", alt.Tooltip("bin_start:Q", format=".3f", title="from"),
+                             alt.Tooltip("bin_end:Q", format=".3f", title="to"), "count:Q"])
+            .add_params(brush).properties(height=height))
+
+
+def selected_band(event: Any) -> tuple[float, float] | None:
+    """The (low, high) score range dragged on a :func:`band_histogram`, from st.altair_chart's selection state
+    (``{"selection": {"band": {"bin_start": [lo, hi]}}}``); None when nothing is selected."""
+    try:
+        sel = (event or {}).get("selection", {}).get(BAND_PARAM) or {}
+    except AttributeError:
+        return None
+    values = next((v for v in sel.values() if isinstance(v, (list, tuple)) and len(v) == 2), None)
+    if values is None:
+        return None
+    lo, hi = float(min(values)), float(max(values))
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None

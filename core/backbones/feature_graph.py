@@ -90,18 +90,30 @@ def trace_feature_graph(
     weights packed once, activations fused, NCHW output without a layout copy), kept when it reproduces ``eager``
     too; else the plain frozen graph. ``benchmarks/backbone_speed.py`` times both.
     """
+    return checked_graph(_LayerOutputs(model, layers), example, [eager[n] for n in layers], onednn)
+
+
+def checked_graph(
+    module: torch.nn.Module, example: torch.Tensor, reference: Sequence[torch.Tensor], onednn: bool = True
+) -> torch.jit.ScriptModule | None:
+    """``module`` (returning a tensor or a tuple of them) traced and frozen for ``example``'s size, kept only when
+    it reproduces ``reference`` (the eager outputs for ``example``, a batch of >= 2); else None: run eagerly.
+
+    The same rules as the feature pass: the oneDNN rewrite is tried first and the plain frozen graph only if the
+    rewrite is not kept. Used by the feature pass and by the supervised gate's whole-network inference pass.
+    """
     try:
         with _tracing():
-            traced = torch.jit.trace(_LayerOutputs(model, layers).eval(), example[:1].clone(), check_trace=False)
+            traced = torch.jit.trace(module.eval(), example[:1].clone(), check_trace=False)
             traced.eval()
     except Exception as exc:  # noqa: BLE001  (any tracer failure means: run eagerly)
-        log.info("feature pass not traced (%s: %s); running it eagerly", type(exc).__name__, exc)
+        log.info("pass not traced (%s: %s); running it eagerly", type(exc).__name__, exc)
         return None
     for rewrite in (True, False) if onednn else (False,):  # the plain graph is frozen only if the rewrite is not kept
         graph = _frozen(traced, rewrite)
-        if graph is not None and _reproduces(graph, layers, example, eager):
+        if graph is not None and _reproduces(graph, example, reference):
             return graph
-    log.warning("the traced feature pass could not be frozen or differed from the eager one; running it eagerly")
+    log.warning("the traced pass could not be frozen or differed from the eager one; running it eagerly")
     return None
 
 
@@ -126,13 +138,12 @@ def _frozen(traced: torch.jit.ScriptModule, onednn: bool) -> torch.jit.ScriptMod
         return None
 
 
-def _reproduces(
-    graph: torch.jit.ScriptModule, layers: Sequence[str], example: torch.Tensor, eager: dict[str, torch.Tensor]
-) -> bool:
+def _reproduces(graph: torch.jit.ScriptModule, example: torch.Tensor, reference: Sequence[torch.Tensor]) -> bool:
     try:
         with torch.inference_mode():
             outputs = graph(example)
     except Exception as exc:  # noqa: BLE001
-        log.info("traced feature graph failed on its check (%s: %s)", type(exc).__name__, exc)
+        log.info("traced graph failed on its check (%s: %s)", type(exc).__name__, exc)
         return False
-    return len(outputs) == len(layers) and all(outputs_match(eager[n], o) for n, o in zip(layers, outputs))
+    outputs = (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
+    return len(outputs) == len(reference) and all(outputs_match(r, o) for r, o in zip(reference, outputs))

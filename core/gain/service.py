@@ -38,7 +38,7 @@ def check_model_search_folder(folder: str | Path) -> Path:
 
     return confine(folder, [PROJECT_ROOT, models_dir()], "folder with GAIN-MTL models",
                    "Copy or train the models under the project (e.g. runs/) or the models folder "
-                   "(WORKBENCH_MODELS_DIR).")
+                   "(WORKBENCH_MODELS_DIR).", purpose="read models from")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from core.metrics.image import (
     latency_summary,
     per_class_metrics,
 )
-from core.metrics.pixel import aupro, aupro_reference, pixel_auroc, pro_curve
+from core.metrics.pixel import aupro, aupro_reference, pixel_ap, pixel_auroc, pro_curve
 from core.metrics.cam import attention_metrics, classification_metrics
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "confusion_at",
     "flag_rate",
     "latency_summary",
+    "pixel_ap",
     "pixel_auroc",
     "aupro",
     "pro_curve",

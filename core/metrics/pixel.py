@@ -117,6 +117,23 @@ def pixel_auroc(masks, maps, max_pixels: int = 5_000_000, seed: int = 0) -> floa
 
     None when the masks have no defect pixel or no normal pixel.
     """
+    sample = _pixel_sample(masks, maps, max_pixels, seed, per_class=True)
+    return None if sample is None else float(roc_auc_score(*sample))
+
+
+def pixel_ap(masks, maps, max_pixels: int = 5_000_000, seed: int = 0) -> float | None:
+    """Average precision over pixels (scikit-learn's, defect pixels positive); exact up to ``max_pixels`` pixels,
+    else a seeded sample taking every pixel at the same rate (AP depends on the share of defect pixels, so unlike
+    AUROC it must not be sampled per class). None when the masks have no defect pixel or no normal pixel."""
+    from sklearn.metrics import average_precision_score
+
+    sample = _pixel_sample(masks, maps, max_pixels, seed, per_class=False)
+    return None if sample is None else float(average_precision_score(*sample))
+
+
+def _pixel_sample(masks, maps, max_pixels: int, seed: int, per_class: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, scores) of all pixels, or of a seeded sample when there are more than ``max_pixels``: per class
+    (``per_class``, at least ``_MIN_POS_SAMPLE`` defect pixels) or at one rate for all; None if a class is absent."""
     ms, mp = _prepare(masks, maps)
     total = sum(m.size for m in ms)
     n_pos = sum(int(np.count_nonzero(m)) for m in ms)
@@ -124,13 +141,13 @@ def pixel_auroc(masks, maps, max_pixels: int = 5_000_000, seed: int = 0) -> floa
     if n_pos == 0 or n_neg == 0:
         return None
     if total <= max_pixels:
-        y = np.concatenate([m.ravel() for m in ms])
-        s = np.concatenate([p.ravel() for p in mp])
-        return float(roc_auc_score(y, s))
-
-    k_pos = min(n_pos, max(max_pixels * n_pos / total, _MIN_POS_SAMPLE))
-    k_neg = min(n_neg, max(max_pixels - k_pos, _MIN_POS_SAMPLE))
-    rate_pos, rate_neg = k_pos / n_pos, k_neg / n_neg
+        return np.concatenate([m.ravel() for m in ms]), np.concatenate([p.ravel() for p in mp])
+    if per_class:
+        k_pos = min(n_pos, max(max_pixels * n_pos / total, _MIN_POS_SAMPLE))
+        k_neg = min(n_neg, max(max_pixels - k_pos, _MIN_POS_SAMPLE))
+        rate_pos, rate_neg = k_pos / n_pos, k_neg / n_neg
+    else:
+        rate_pos = rate_neg = max_pixels / total
     rng = np.random.default_rng(seed)
     ys, ss = [], []
     for m, p in zip(ms, mp):
@@ -142,7 +159,7 @@ def pixel_auroc(masks, maps, max_pixels: int = 5_000_000, seed: int = 0) -> floa
     y, s = np.concatenate(ys), np.concatenate(ss)
     if y.all() or not y.any():  # only possible for absurdly small max_pixels
         return None
-    return float(roc_auc_score(y, s))
+    return y, s
 
 
 # ----------------------------------------------------------------------------- PRO curve

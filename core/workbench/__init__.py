@@ -36,11 +36,16 @@ from core.workbench.cascade_gate import (
     load_cascade,
 )
 from core.workbench.cascade_tuning import (
+    BANDS,
+    band_counts,
     cascade_pick_for_recall,
     cascade_point,
     cascade_sweep,
     fast_pareto_front,
+    held_out_measurements,
+    operating_marks,
     save_cascade_policy,
+    score_bins,
 )
 from core.workbench.datasets import (
     DatasetOverview,
@@ -97,6 +102,7 @@ from core.workbench.split_scores import (
     group_scores,
     normalisation_of,
     outcomes,
+    pixel_metrics,
     score_split,
     threshold_for_recall,
     tuning_split_warning,
@@ -126,7 +132,7 @@ __all__ = [
     "threshold_origin",
     # split_scores
     "MAP_STORE_SIZE", "SplitScores", "confusion", "curves", "flag_rate",
-    "group_scores", "normalisation_of", "outcomes", "score_split", "threshold_for_recall",
+    "group_scores", "normalisation_of", "outcomes", "pixel_metrics", "score_split", "threshold_for_recall",
     "tuning_split_warning", "series_colours",
     # heatmap_views
     "Explanation", "ImageDetail", "explain_patchcore", "heat_only", "overlay_image", "score_one",
@@ -136,5 +142,6 @@ __all__ = [
     "CASCADE_DIRNAME", "GATE_HELP", "GATE_ORDER", "CascadeState", "GateFitOutcome", "cascade_dir", "cascade_stamp",
     "fit_gate", "gate_kinds", "load_cascade",
     # cascade_tuning
-    "cascade_pick_for_recall", "cascade_point", "cascade_sweep", "fast_pareto_front", "save_cascade_policy",
+    "BANDS", "band_counts", "cascade_pick_for_recall", "cascade_point", "cascade_sweep", "fast_pareto_front",
+    "held_out_measurements", "operating_marks", "save_cascade_policy", "score_bins",
 ]

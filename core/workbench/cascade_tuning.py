@@ -69,6 +69,9 @@ def cascade_sweep(measured, heat_threshold: float, heat_scale: float = 1.0) -> t
                "positive_rate": float((tp[k] + fp[k]) / nn), "latency_ms": float(lat[k]), "latency_p95_ms": None}
         row["note"] = degenerate_note(row)
         rows.append(row)
+    n_neg = max(n - n_pos, 1.0)
+    for row in rows:  # every point with the same definition, the end points included
+        row["false_alarm_rate"] = float(max(0.0, row["positive_rate"] * n - row["recall"] * n_pos) / n_neg)
     return rows, fast_pareto_front(rows, "latency_ms")
 
 
@@ -115,6 +118,7 @@ def cascade_point(measured, t_low: float, t_high: float, heat_threshold: float) 
     return {
         "t_low": lo, "t_high": hi, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
         "accuracy": (tp + tn) / n, "precision": prec, "recall": rec,
+        "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,
         "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
         "heatmap_call_rate": float((routes == HEATMAP).mean()) if y.size else 0.0,
         "gate_normal_rate": float((routes == 0).mean()) if y.size else 0.0,
@@ -175,3 +179,107 @@ def save_cascade_policy(folder: str | Path, t_low: float, t_high: float, heat_th
     cfg["policy_source"] = f"{source} ({time.strftime('%Y-%m-%d %H:%M:%S')})"
     atomic_write_json(path, cfg)
     return cfg
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The gate's score distribution and the bands T_low / T_high cut it into
+
+BANDS = ("gate-normal", "to heatmap", "gate-defect")
+
+
+def gate_bands(gate_scores: np.ndarray, t_low: float, t_high: float) -> np.ndarray:
+    """The band of each image: 0 gate-normal (< T_low), 1 to the heatmap model, 2 gate-defect (> T_high); the same
+    rule as :func:`core.cascade.routing.routes_for`."""
+    from core.cascade import Policy
+    from core.cascade.routing import ANOMALOUS, NORMAL, routes_for
+
+    lo, hi = float(min(t_low, t_high)), float(max(t_low, t_high))
+    routes = routes_for(np.asarray(gate_scores, np.float64), Policy(mode="cascade", t_low=lo, t_high=hi))
+    return np.where(routes == NORMAL, 0, np.where(routes == ANOMALOUS, 2, 1))
+
+
+def band_counts(labels: np.ndarray, defects: list[str], gate_scores: np.ndarray, t_low: float, t_high: float,
+                by_class: bool = False) -> list[dict[str, Any]]:
+    """Images per band, one row for the normal and one for the defective images (or one per defect class)."""
+    y = np.asarray(labels, np.int64)
+    bands = gate_bands(gate_scores, t_low, t_high)
+    groups = ["normal"] + (sorted({d for d, lab in zip(defects, y) if lab == 1}) if by_class else ["defective"])
+    rows = []
+    for g in groups:
+        if g == "normal":
+            sel = y == 0
+        elif g == "defective":
+            sel = y == 1
+        else:
+            sel = (y == 1) & (np.asarray(defects) == g)
+        row: dict[str, Any] = {"images": g, "total": int(sel.sum())}
+        row.update({name: int(((bands == k) & sel).sum()) for k, name in enumerate(BANDS)})
+        rows.append(row)
+    return rows
+
+
+def score_bins(values: np.ndarray, labels: np.ndarray, lo: float, hi: float, bins: int = 40,
+               names: tuple[str, str] = ("normal", "defective")) -> list[dict[str, Any]]:
+    """Histogram rows (bin_start, bin_end, count, group) of ``values`` for normal and defective images: computed
+    here once so that a chart's interval selection reads back in score units."""
+    edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.array([lo, lo + 1.0])
+    y = np.asarray(labels)
+    rows = []
+    for lab, name in enumerate(names):
+        counts, _ = np.histogram(np.clip(np.asarray(values, np.float64)[y == lab], edges[0], edges[-1]), edges)
+        rows.extend({"bin_start": float(a), "bin_end": float(b), "count": int(c), "group": name}
+                    for a, b, c in zip(edges[:-1], edges[1:], counts) if c)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The held-out check: the chosen thresholds on test_mix, measured once per gate
+
+
+def held_out_measurements(folder: str | Path, progress=None, split: str = "test_mix"):
+    """Per-image gate and heatmap scores and times on ``split`` (batch 1, as val_mix was measured), cached in the
+    cascade folder (``measured_<split>.csv``; a refit of the gate replaces the folder, and with it this file).
+
+    Returns (defects, Measured). Never used for tuning: it is the report of the thresholds chosen on val_mix.
+    """
+    from core.cascade import load_gate
+    from core.cascade.pipeline import load_split, measure, read_measured, write_measured
+    from core.data import index_dataset
+    from core.workbench.models import load_model, model_info
+
+    d = cascade_dir(folder)
+    cached = d / f"measured_{split}.csv"
+    if cached.is_file():
+        return read_measured(cached)
+    if not (d / "cascade.json").is_file():
+        raise WorkbenchError(f"{Path(folder).name} has no fitted gate.", "Fit a gate on the Data & models page.")
+    info = model_info(folder)
+    index = index_dataset(info.dataset)
+    data = load_split(index, split)
+    if not len(data.labels):
+        raise WorkbenchError(f"The dataset has no {split} images to check on.", "Use a dataset with a test split.")
+    prog = progress or (lambda *_: None)
+    m = measure(load_gate(d / "gate"), load_model(folder), data, prog)
+    write_measured(cached, data, m)
+    return data.defects, m
+
+
+def operating_marks(state, rows: list[dict[str, Any]], t_low: float, t_high: float,
+                    heat_threshold: float) -> dict[str, dict[str, Any]]:
+    """The points a cascade chart marks, each computed now at ``heat_threshold`` from the cached measurements
+    (never a number stored when the gate was fitted at another threshold): heatmap only, gate only, the automatic
+    choice and the saved policy as (T_low, T_high) pairs, and the current point."""
+    m = state.measured
+    out: dict[str, dict[str, Any]] = {}
+    for mode, name in (("heatmap_only", "heatmap only"), ("gate_only", "gate only")):
+        row = next((r for r in rows if r["mode"] == mode), None)
+        if row is not None:
+            out[name] = row
+    chosen = (state.config.get("choice") or {}).get("chosen") or {}
+    if chosen.get("mode") == "cascade" and chosen.get("t_low") is not None:
+        out["automatic choice"] = cascade_point(m, chosen["t_low"], chosen["t_high"], heat_threshold)
+    pol = state.saved_policy
+    if pol.get("mode") == "cascade" and pol.get("t_low") is not None:
+        out["saved"] = cascade_point(m, pol["t_low"], pol["t_high"], heat_threshold)
+    out["current point"] = cascade_point(m, t_low, t_high, heat_threshold)
+    return out

@@ -179,3 +179,26 @@ def tuning_split_warning(split: str, available: Sequence[str]) -> str | None:
         return ("train_normal holds the normal images the model was fitted on, with no defects: their scores are "
                 "lower than a new normal part's, so a threshold tuned there raises false alarms. " + better)
     return f"{split} is not the split meant for tuning. {better}"
+
+
+def pixel_metrics(res: SplitScores) -> dict[str, float | None] | None:
+    """Pixel AUROC, pixel AP and AUPRO of a scored split on its stored gallery maps (``MAP_STORE_SIZE`` px, masks
+    resized to match with nearest neighbour); None when the split has no defect masks. ``python -m core evaluate``
+    computes the same metrics on full-size maps for reports."""
+    from core.data import read_mask
+    from core.metrics import aupro, pixel_ap, pixel_auroc
+
+    if not any(res.masks) or len(res) == 0:
+        return None
+    size = res.maps.shape[-1]
+    masks = np.zeros((len(res), size, size), bool)
+    for i, mp in enumerate(res.masks):
+        if mp:
+            try:
+                masks[i] = cv2.resize(read_mask(mp).astype(np.uint8), (size, size),
+                                      interpolation=cv2.INTER_NEAREST) > 0
+            except WorkbenchError:
+                return None
+    maps = res.maps.astype(np.float32)
+    return {"pixel_auroc": pixel_auroc(masks, maps), "pixel_ap": pixel_ap(masks, maps),
+            "aupro": aupro(masks, maps)}

@@ -5,6 +5,9 @@ weighted by the imbalance (pos_weight = n_normal / n_anomalous), early stopping 
 probabilities calibrated on val_mix (temperature and bias on the logit). To keep CPU training short only the last
 blocks, the head and the new one-logit classifier train; the frozen stem's outputs are computed once (random
 flips are applied to them as augmentation). BatchNorm statistics stay frozen. Deterministic for a seed.
+
+Scoring runs the fitted network through its inference copy (``core/backbones/inference_copy.py``: BatchNorm
+folded, NHWC, a frozen graph per input size on the CPU), the fast path the detectors' backbone takes.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class SupervisedGate(Gate):
         self.max_epochs, self.patience, self.lr, self.batch_size = int(max_epochs), int(patience), float(lr), int(batch_size)
         self.model: nn.Module | None = None
         self._mean = self._std = None
+        self._fast = None  # InferenceCopy of the fitted model, built on first scoring
 
     # --- model pieces ---------------------------------------------------------------------------
     def _preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -84,8 +88,13 @@ class SupervisedGate(Gate):
         return torch.cat(out).clone()
 
     def logits(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return self._head(self._stem(self._preprocess(images))).double().numpy()
+        """One logit per image, through the inference copy of the fitted network."""
+        from core.backbones.inference_copy import InferenceCopy
+
+        x = self._preprocess(images)
+        if self._fast is None:
+            self._fast = InferenceCopy(self.model, x)
+        return self._fast(x).reshape(-1).double().numpy()
 
     # --- fit ------------------------------------------------------------------------------------
     def _fit(self, images, labels, val_images, val_labels, progress):
@@ -143,6 +152,7 @@ class SupervisedGate(Gate):
             elif ep - best_epoch >= self.patience:
                 break
         self.model.load_state_dict(best_state)
+        self._fast = None  # the weights changed: any inference copy is stale
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -175,3 +185,4 @@ class SupervisedGate(Gate):
         self.model.load_state_dict({k[6:]: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()
                                     if k.startswith("model.")})
         self.model.eval().requires_grad_(False)
+        self._fast = None
