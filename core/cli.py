@@ -167,16 +167,26 @@ def _expand(paths: list[str]) -> list[Path]:
 def cmd_score(args: argparse.Namespace) -> int:
     from core.config import set_threads
     from core.detectors import load_detector
+    from core.workbench import cascade_for_scoring, model_info, read_thresholds
 
     set_threads()
     det = load_detector(args.model)
     files = _expand(args.paths)
     if not files:
         raise WorkbenchError(f"No images found in {', '.join(args.paths)}.", "Give image files or folders of them.")
-    res = det.score_paths([str(f) for f in files], cache=None)
+    thr, payload = det.threshold, {}
+    if args.thresholds:
+        payload = read_thresholds(args.thresholds, model_info(args.model).stamp.split(":")[0])
+        thr = float(payload["threshold"])
+    cascade = None if args.no_cascade else cascade_for_scoring(args.model)
+    if cascade is not None:
+        if payload.get("t_low") is not None:
+            cascade.t_low, cascade.t_high = float(payload["t_low"]), float(payload["t_high"])
+        return _score_routed(args, det, files, thr, cascade)
     from core.detectors.postprocess import score_to_threshold
 
-    ratio = score_to_threshold(res.scores, det.threshold)
+    res = det.score_paths([str(f) for f in files], cache=None)
+    ratio = score_to_threshold(res.scores, thr)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "score", "decision", "score_to_threshold", "error"])
@@ -185,20 +195,61 @@ def cmd_score(args: argparse.Namespace) -> int:
         if i in by_index:
             k = by_index[i]
             s = float(res.scores[k])
-            w.writerow([str(f), f"{s:.6g}", "anomalous" if s >= det.threshold else "normal", f"{ratio[k]:.4f}", ""])
+            w.writerow([str(f), f"{s:.6g}", "anomalous" if s >= thr else "normal", f"{ratio[k]:.4f}", ""])
         else:
             w.writerow([str(f), "", "error", "", res.errors[i]])
             print(f"error: {res.errors[i]}", file=sys.stderr)
     if args.heatmaps:
         _write_heatmaps(Path(args.heatmaps), det, files, res)
+    _emit(args, buf.getvalue(), f"{len(res.ok)} scored, {len(res.errors)} unreadable")
+    return 0 if res.ok else 2
+
+
+def _score_routed(args: argparse.Namespace, det, files: list[Path], thr: float, cascade) -> int:
+    """``score`` through the model's cascade: the same per-image path as the app's Score images page."""
+    from core.workbench import score_uploads, scoring_summary
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    cols = ["path", "score", "decision", "score_to_threshold", "error", "route", "gate_score", "gate_ms", "heatmap_ms"]
+    w.writerow(cols)
+    results = []
+    for start in range(0, len(files), 64):  # bounded memory: 64 files' bytes at a time
+        chunk = files[start:start + 64]
+        scored = score_uploads(det, [(str(f), f.read_bytes()) for f in chunk], threshold=thr, cascade=cascade,
+                               max_bytes=2**31)  # files on disk: the pixel limit of decoding still applies
+        for f, r in zip(chunk, scored):
+            row = {**r.row(), "path": str(f)}
+            w.writerow(["" if row.get(c) is None else row[c] for c in cols])
+            if not r.ok:
+                print(f"error: {r.error}", file=sys.stderr)
+            r.image = None if r.raw_map is None or not args.heatmaps else r.image
+            results.append(r)
+    s = scoring_summary(results)
+    if args.heatmaps:
+        from core.visualize import write_png
+        from core.workbench import upload_overlay
+
+        folder = Path(args.heatmaps)
+        folder.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            if r.raw_map is not None and r.image is not None:
+                write_png(folder / f"{Path(r.name).stem}_overlay.png", upload_overlay(r, det.normalisation))
+    _emit(args, buf.getvalue(), f"{s['scored']} scored ({s['routes']['gate-normal']} gate-normal, "
+                                f"{s['routes']['heatmap']} heatmap, {s['routes']['gate-defect']} gate-defect; "
+                                f"heatmap call rate {s['heatmap_call_rate']:.0%}), {s['errors']} unreadable")
+    return 0 if s["scored"] else 2
+
+
+def _emit(args: argparse.Namespace, text: str, summary: str) -> None:
     if args.csv:
         from core.storage import atomic_write_text
 
-        atomic_write_text(args.csv, buf.getvalue())
-        print(f"wrote {args.csv}: {len(res.ok)} scored, {len(res.errors)} unreadable")
+        atomic_write_text(args.csv, text)
+        print(f"wrote {args.csv}: {summary}")
     else:
-        sys.stdout.write(buf.getvalue())
-    return 0 if res.ok else 2
+        sys.stdout.write(text)
+        print(summary, file=sys.stderr)
 
 
 def _write_heatmaps(folder: Path, det, files: list[Path], res) -> None:
@@ -249,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--csv", default=None)
     p.add_argument("--heatmaps", default=None, help="folder for heatmap overlays")
+    p.add_argument("--thresholds", default=None,
+                   help="a thresholds JSON downloaded from the Score images page (decision threshold, T_low/T_high)")
+    p.add_argument("--no-cascade", action="store_true",
+                   help="score every image with the heatmap model even when the model has a fitted cascade")
     p.set_defaults(func=cmd_score)
 
     from core.cascade.cli import add_cascade_parser

@@ -302,6 +302,7 @@ def test_bad_upload_shows_error_while_good_one_is_scored(fitted, demo_root, tmp_
         ("broken.png", good[:300]),
     ]
     at = _score_page_with_uploads(tmp_path, files, fitted)
+    at.session_state["si_cascade"] = False  # every image to the heatmap model (routing: tests/test_score_images.py)
     at.run()
     _no_exceptions(at)
     errs = _errors(at)

@@ -188,3 +188,22 @@ def model_badge(info: wb.ModelInfo, threshold: float | None = None) -> None:
     t = info.threshold if threshold is None else threshold
     st.caption(f"Model **{info.name}** · {info.kind} · {info.backbone} · {info.image_size}px · "
                f"threshold {t:.4g} ({wb.threshold_origin(info, t)})")
+
+
+def progress_sink(bar) -> Callable[[str, int, int], None]:
+    """A progress callback for a long job drawn on ``bar`` (an st.progress): the stage, done / total, and an
+    estimate of the time left within the stage (from the pace so far; shown once a few steps are done)."""
+    import time
+
+    started: dict[str, float] = {}
+
+    def sink(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        t0 = started.setdefault(stage, now)
+        text = f"{stage}: {done}/{total}"
+        if 0 < done < total and now - t0 > 1.0:
+            left = (now - t0) / done * (total - done)
+            text += f" · about {left:.0f} s left" if left < 120 else f" · about {left / 60:.0f} min left"
+        bar.progress(min(1.0, done / max(total, 1)), text=text)
+
+    return sink

@@ -112,6 +112,7 @@ class RouteResult:
     gate_ms: np.ndarray
     heatmap_ms: np.ndarray  # 0 where not called
     policy: Policy = field(default_factory=Policy)
+    maps: list = field(default_factory=list)  # the heatmap model's map per image, None where it was not called
 
     @property
     def latency_ms(self) -> np.ndarray:
@@ -147,6 +148,7 @@ class Cascade:
         gs, gms = np.zeros(n), np.zeros(n)
         hs, hms = np.full(n, np.nan), np.zeros(n)
         routes = np.zeros(n, np.int64)
+        maps: list = [None] * n
         for i, img in enumerate(images):
             if self.policy.mode != "heatmap_only":
                 t0 = _t.perf_counter()
@@ -155,10 +157,12 @@ class Cascade:
             routes[i] = routes_for(gs[i:i + 1], self.policy)[0]
             if routes[i] == HEATMAP:
                 t0 = _t.perf_counter()
-                hs[i] = float(self.detector.score_images([img]).scores[0])
+                res = self.detector.score_images([img])
+                hs[i], maps[i] = float(res.scores[0]), res.maps[0]
                 hms[i] = 1000.0 * (_t.perf_counter() - t0)
         dec = decisions_for(gs, hs, routes, self.policy)
-        return RouteResult(gs, routes, dec, final_scores(gs, hs, routes, self.policy), hs, gms, hms, self.policy)
+        return RouteResult(gs, routes, dec, final_scores(gs, hs, routes, self.policy), hs, gms, hms, self.policy,
+                           maps)
 
     def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         from core.storage import atomic_write_json

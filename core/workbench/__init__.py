@@ -11,7 +11,7 @@ Everything that touches files (model folders, uploaded zips, config rewrites) or
 | ``models`` | the fit form's choices, fitting, saved model folders (``WORKBENCH_MODELS_DIR`` or ``models/``) |
 | ``split_scores`` | scores of a split, and histograms, curves, confusion, thresholds on them |
 | ``heatmap_views`` | overlays, one image rescored at full size, PatchCore's nearest-patch explanation |
-| ``image_uploads`` | scoring uploaded images, their overlays and CSV |
+| ``image_uploads`` | scoring uploaded files, a folder or a zip of images (through the cascade when there is one), overlays, CSV, thresholds JSON |
 | ``cascade_gate`` | a model's cascade gate: fitted, measured once per image, read back |
 | ``cascade_tuning`` | (T_low, T_high) sweep, Pareto front and saved policy, on the cached measurements only |
 
@@ -64,10 +64,18 @@ from core.workbench.heatmap_views import (
     score_one,
 )
 from core.workbench.image_uploads import (
+    MAX_BATCH_IMAGES,
     MAX_UPLOAD_IMAGE_BYTES,
+    CascadeSettings,
     UploadResult,
+    cascade_for_scoring,
+    images_from_folder,
+    images_from_zip,
+    read_thresholds,
     results_csv,
     score_uploads,
+    scoring_summary,
+    thresholds_json,
     upload_overlay,
 )
 from core.workbench.models import (
@@ -137,7 +145,9 @@ __all__ = [
     # heatmap_views
     "Explanation", "ImageDetail", "explain_patchcore", "heat_only", "overlay_image", "score_one",
     # image_uploads
-    "MAX_UPLOAD_IMAGE_BYTES", "UploadResult", "results_csv", "score_uploads", "upload_overlay",
+    "MAX_BATCH_IMAGES", "MAX_UPLOAD_IMAGE_BYTES", "CascadeSettings", "UploadResult", "cascade_for_scoring",
+    "images_from_folder", "images_from_zip", "read_thresholds", "results_csv", "score_uploads", "scoring_summary",
+    "thresholds_json", "upload_overlay",
     # cascade_gate
     "CASCADE_DIRNAME", "GATE_HELP", "GATE_ORDER", "CascadeState", "GateFitOutcome", "cascade_dir", "cascade_stamp",
     "fit_gate", "gate_kinds", "load_cascade",

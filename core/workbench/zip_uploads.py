@@ -102,19 +102,7 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
                 continue
             declared += m.file_size
             plan.append((m, rel))
-        if declared > MAX_UNZIPPED_BYTES:
-            raise DatasetError(
-                f"{name} unpacks to {declared / 1e6:.0f} MB; the limit is {MAX_UNZIPPED_BYTES / 1e6:.0f} MB.",
-                "Upload a smaller dataset or put the folder under the data root.",
-            )
-        packed = sum(m.compress_size for m, _ in plan)
-        if declared > MIN_RATIO_CHECK_BYTES and declared > MAX_COMPRESSION_RATIO * max(packed, 1):
-            raise DatasetError(
-                f"{name} would unpack {len(data) / 1e6:.1f} MB into {declared / 1e6:.0f} MB "
-                f"({declared / max(packed, 1):.0f}x); zips that grow more than {MAX_COMPRESSION_RATIO:.0f}x are "
-                "refused (images barely compress, so this is a zip bomb or not a dataset of images).",
-                "Upload a zip of the image files themselves.",
-            )
+        check_zip_sizes(name, len(data), declared, sum(m.compress_size for m, _ in plan))
         _make_room(declared)
         UPLOADS_DIR.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=UPLOADS_DIR))
@@ -158,6 +146,23 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
     assert root is not None
     touch_upload(root)
     return root
+
+
+def check_zip_sizes(name: str, zip_bytes: int, declared: int, packed: int) -> None:
+    """Refuse, from the zip's directory alone, content over ``MAX_UNZIPPED_BYTES`` and a compression ratio over
+    ``MAX_COMPRESSION_RATIO`` (a zip bomb): before anything is read or written."""
+    if declared > MAX_UNZIPPED_BYTES:
+        raise DatasetError(
+            f"{name} unpacks to {declared / 1e6:.0f} MB; the limit is {MAX_UNZIPPED_BYTES / 1e6:.0f} MB.",
+            "Upload a smaller dataset or put the folder under the data root.",
+        )
+    if declared > MIN_RATIO_CHECK_BYTES and declared > MAX_COMPRESSION_RATIO * max(packed, 1):
+        raise DatasetError(
+            f"{name} would unpack {zip_bytes / 1e6:.1f} MB into {declared / 1e6:.0f} MB "
+            f"({declared / max(packed, 1):.0f}x); zips that grow more than {MAX_COMPRESSION_RATIO:.0f}x are "
+            "refused (images barely compress, so this is a zip bomb or not a zip of images).",
+            "Upload a zip of the image files themselves.",
+        )
 
 
 def _check_indexable(root: Path, name: str) -> None:
