@@ -48,8 +48,72 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def training_section() -> None:
+    """Train a model in the background: the report's knobs with its defaults; jobs listed with progress and cancel."""
+    with st.expander("Train a GAIN-MTL model (runs in the background; other sessions stay free)",
+                     expanded=bool(st.session_state.get("gain_train_open"))):
+        from core import workbench as wb
+
+        datasets = {n: str(p) for n, p in wb.list_datasets().items() if n not in ("neu_seg", "neu_det")}
+        names = list(datasets)
+        c1, c2, c3 = st.columns(3)
+        ds = c1.selectbox("Dataset (needs defect masks)", names,
+                          index=names.index("magnetic_tile") if "magnetic_tile" in names else 0, key="gt_dataset")
+        strategy = c2.selectbox("Strategy", list(gs.STRATEGY_CHOICES), index=5, key="gt_strategy",
+                                format_func=lambda k: f"{k}: {gs.STRATEGY_CHOICES[k]}")
+        epochs = c3.number_input("Epochs (at most; early stopping on val_mix)", 1, 100, 18, key="gt_epochs")
+        d = gs.TrainRequest(dataset="")
+        c4, c5, c6, c7 = st.columns(4)
+        lcg = c4.number_input("lambda_cam_guide", 0.0, 10.0, d.lambda_cam_guide, 0.05, key="gt_lcg")
+        lg = c5.number_input("lambda_guide (attention mining)", 0.0, 10.0, d.lambda_guide, 0.05, key="gt_lg")
+        ll = c6.number_input("lambda_loc", 0.0, 10.0, d.lambda_loc, 0.05, key="gt_ll")
+        wu = c7.number_input("Warm-up share (lambda_loc)", 0.0, 1.0, d.loc_warmup, 0.05, key="gt_wu")
+        c8, c9 = st.columns([2, 1])
+        name = c8.text_input("Model name", key="gt_name", placeholder=f"{ds}-{strategy}-<time>")
+        limit = int(c9.number_input("Images per class and split (0 = all)", 0, 100_000, 0, key="gt_limit")) or None
+        if st.button("Start training", type="primary", key="gt_start"):
+            st.session_state["gain_train_open"] = True
+            try:
+                job = gs.start_training(gs.TrainRequest(datasets[ds], strategy, int(epochs), lcg, lg, ll, wu,
+                                                        name.strip(), limit))
+                st.success(f"Started: {job.title}.")
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc)
+    jobs_panel()
+
+
+@st.fragment(run_every=2.0)
+def jobs_panel() -> None:
+    """Training jobs (all sessions'), refreshed every 2 s; a job that finishes reruns the page so its model shows."""
+    jobs = gs.training_jobs()
+    if not jobs:
+        return
+    seen = st.session_state.setdefault("gain_job_states", {})
+    finished_now = False
+    for job in jobs[:5]:
+        if job.state == "running":
+            c1, c2 = st.columns([5, 1])
+            stage = job.progress.get("stage", "starting")
+            c1.progress(job.fraction, text=f"{job.title} · {stage} ({job.progress.get('done', 0)}/"
+                                           f"{job.progress.get('total', '?')})")
+            if c2.button("Cancel", key=f"gt_cancel_{job.id}"):
+                gs.cancel_training(job.id)
+                st.rerun(scope="fragment")
+        elif job.state == "done":
+            st.caption(f"✅ {job.title}: done; pick it below.")
+        elif job.state == "failed":
+            st.error(f"{job.title}: failed. {job.message}")
+        else:
+            st.caption(f"⏹ {job.title}: {job.state}.")
+        finished_now |= seen.get(job.id) == "running" and job.state == "done"
+        seen[job.id] = job.state
+    if finished_now:
+        st.rerun(scope="app")
+
+
 @guarded
 def main() -> None:
+    training_section()
     st.text_input("Folder with GAIN-MTL models (optional)", key="gain_folder",
                   help=f"Models are also found under {gs.gain_models_root()}; e.g. runs/gain_compare holds S1..S6.")
     entries = _models()

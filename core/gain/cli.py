@@ -23,7 +23,8 @@ def _config(args: argparse.Namespace, strategy: str) -> "GainConfig":
     return GainConfig(strategy=strategy, backbone=args.backbone, image_size=args.image_size, max_epochs=args.epochs,
                       patience=args.patience, batch_size=args.batch_size, seed=args.seed, limit=args.limit,
                       fusion_schedule=args.fusion_schedule, normals_per_defect=args.normals_per_defect,
-                      cam_guide_shape=args.cam_guide_shape)
+                      cam_guide_shape=args.cam_guide_shape, lambda_cam_guide=args.lambda_cam_guide,
+                      lambda_am=args.lambda_guide, lambda_loc=args.lambda_loc, loc_warmup=args.loc_warmup)
 
 
 def _index(dataset: str):
@@ -40,10 +41,16 @@ def cmd_gain(args: argparse.Namespace) -> int:
     if args.action == "train":
         from core.gain.train import prepare, train
 
+        from core.jobs import ProgressFile
+        from core.progress import no_progress
+
         t0 = time.perf_counter()
+        progress = ProgressFile(args.progress_file) if args.progress_file else no_progress
         cfg = _config(args, args.strategy)
+        progress("preparing images (features of the frozen stem)", 0, 1)
         data = prepare(_index(args.dataset), cfg, _log)
-        res = train(cfg, data, True, _log)
+        res = train(cfg, data, True, _log, progress)
+        progress("saving the model", 1, 1)
         res.model.meta["wall_seconds"] = time.perf_counter() - t0
         res.model.save(args.out)
         summary = {k: v for k, v in res.report.items() if k != "history"}
@@ -98,6 +105,16 @@ def add_gain_parser(sub) -> None:
     p.add_argument("--cam-guide-shape", action=argparse.BooleanOptionalAction, default=True,
                    help="L_cam_guide also on the min-max normalised CAM, what the attention metrics judge (default: on)")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per class and split")
+    from core.gain.config import GainConfig  # torch-free: the defaults are the report's
+
+    d = GainConfig()
+    p.add_argument("--lambda-cam-guide", type=float, default=d.lambda_cam_guide, help="weight of L_cam_guide (S2+)")
+    p.add_argument("--lambda-guide", type=float, default=d.lambda_am,
+                   help="weight of the attention-mining loss L_am (S3+; the report's lambda_guide)")
+    p.add_argument("--lambda-loc", type=float, default=d.lambda_loc, help="weight of L_loc (S4+)")
+    p.add_argument("--loc-warmup", type=float, default=d.loc_warmup,
+                   help="share of training over which lambda_loc ramps up (S4+)")
+    p.add_argument("--progress-file", default=None, help=argparse.SUPPRESS)  # written for the app's job view
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_dispatch)
 

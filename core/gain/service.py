@@ -9,6 +9,7 @@ folder below it, up to three levels deep, whose ``config.json`` says ``kind: gai
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,73 @@ def mask_overlay(res: CamResults, i: int, alpha: float = 0.45) -> np.ndarray:
     _contour(out, res.masks[i], (255, 0, 255))
     _contour(out, mp >= 0.5, (255, 255, 255))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training from the app: a background job (core.jobs) running `python -m core gain train`
+
+JOB_KIND = "gain-train"
+
+
+@dataclass
+class TrainRequest:
+    """What the training form asks for; the defaults are the report's (``GainConfig``)."""
+
+    dataset: str
+    strategy: str = "S6"
+    epochs: int = 18
+    lambda_cam_guide: float = 0.3
+    lambda_guide: float = 0.5  # the attention-mining weight (GainConfig.lambda_am)
+    lambda_loc: float = 0.2
+    loc_warmup: float = 0.5
+    name: str = ""
+    limit: int | None = None  # images per class and split (quick runs)
+
+
+def start_training(req: TrainRequest):
+    """Check the request, then start the training job; the model lands in ``<models>/gain/<name>``."""
+    from core.data import index_dataset
+    from core.gain.config import GainConfig
+    from core.jobs import start_job
+    from core.workbench import check_model_name
+
+    root = check_browsable(req.dataset)
+    index = index_dataset(root)
+    GainConfig(strategy=req.strategy, max_epochs=int(req.epochs), lambda_cam_guide=float(req.lambda_cam_guide),
+               lambda_am=float(req.lambda_guide), lambda_loc=float(req.lambda_loc), loc_warmup=float(req.loc_warmup))
+    if not (0.0 <= float(req.loc_warmup) <= 1.0) or min(req.lambda_cam_guide, req.lambda_guide, req.lambda_loc) < 0:
+        raise WorkbenchError("The loss weights must be >= 0 and the warm-up share between 0 and 1.",
+                             "Use the report's defaults (0.3, 0.5, 0.2, 0.5) or values near them.")
+    name = check_model_name(req.name or f"{index.name}-{req.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = gain_models_root() / name
+    if out.exists() or any(j.output == str(out) and j.state == "running" for j in training_jobs()):
+        raise WorkbenchError(f"A GAIN-MTL model named {name!r} exists or is being trained.", "Choose another name.")
+    argv = ["gain", "train", str(root), "--strategy", req.strategy, "--epochs", str(int(req.epochs)),
+            "--lambda-cam-guide", f"{req.lambda_cam_guide:g}", "--lambda-guide", f"{req.lambda_guide:g}",
+            "--lambda-loc", f"{req.lambda_loc:g}", "--loc-warmup", f"{req.loc_warmup:g}", "--out", str(out)]
+    if req.limit:
+        argv += ["--limit", str(int(req.limit))]
+    return start_job(JOB_KIND, f"{req.strategy} on {index.name} → {name}", argv, out)
+
+
+def training_jobs():
+    """Every GAIN-MTL training job, newest first (running, done, failed or cancelled)."""
+    from core.jobs import list_jobs
+
+    return list_jobs(JOB_KIND)
+
+
+def cancel_training(job_id: str):
+    """Stop a training job; nothing is saved (the model folder is written only when training ends)."""
+    from core.jobs import cancel_job
+
+    return cancel_job(job_id)
+
+
+def _strategy_choices() -> dict[str, str]:
+    from core.gain.config import STRATEGIES
+
+    return {k: v.adds for k, v in STRATEGIES.items()}
+
+
+STRATEGY_CHOICES = _strategy_choices()

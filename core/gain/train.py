@@ -25,6 +25,7 @@ from core.gain.inference import GainModel, device, encode_stem, predict_from_ste
 from core.gain.losses import Batch, compute_losses
 from core.gain.model import GainNet, build_gain_net
 from core.metrics.cam import attention_metrics, classification_metrics, f1_best_threshold
+from core.progress import ProgressFn, no_progress
 
 
 @dataclass
@@ -119,9 +120,10 @@ def validation_scores(net: GainNet, data: PreparedData, cfg: GainConfig) -> dict
 
 
 def train(cfg: GainConfig, data: PreparedData, show_progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, progress: ProgressFn = no_progress) -> TrainResult:
     """Train ``cfg.strategy`` on prepared data; the best epoch on val_mix is kept. One tqdm bar per epoch shows the
-    running mean of every active loss term."""
+    running mean of every active loss term; ``progress`` gets one call per batch (steps over the epoch budget;
+    early stopping may end sooner)."""
     from tqdm import tqdm
 
     if not data.matches(cfg):
@@ -187,6 +189,7 @@ def train(cfg: GainConfig, data: PreparedData, show_progress: bool = True,
                 post["gt_w"] = f"{losses.fusion_weight:.2f}"
             bar.set_postfix(post, refresh=False)
             bar.update(1)
+            progress(f"training {cfg.strategy}: epoch {ep + 1} of at most {cfg.max_epochs}", step, total_steps)
         bar.close()
         val = validation_scores(net, data, cfg)
         row = {"epoch": ep + 1, **{f"loss_{k}": s / steps_per_epoch for k, s in sums.items()},
