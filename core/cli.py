@@ -164,12 +164,23 @@ def _expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def _scorer(args: argparse.Namespace):
+    """The model to score with: an exported bundle (never loads torch) or a model folder."""
+    from core.bundle import is_bundle
+
+    if is_bundle(args.model):
+        from core.bundle.runtime import load_bundle
+
+        return load_bundle(args.model, runtime=args.runtime)
     from core.config import set_threads
     from core.detectors import load_detector
 
     set_threads()
-    det = load_detector(args.model)
+    return load_detector(args.model)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    det = _scorer(args)
     files = _expand(args.paths)
     if not files:
         raise WorkbenchError(f"No images found in {', '.join(args.paths)}.", "Give image files or folders of them.")
@@ -199,6 +210,20 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0 if res.ok else 2
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.bundle.export import export_bundle
+    from core.bundle.manifest import read_manifest
+
+    out = export_bundle(args.model, args.out, args.format or ["onnx"])
+    man = read_manifest(out)
+    print(json.dumps({"bundle": str(out), "kind": man["kind"], "formats": [f for f in ("onnx", "openvino")
+                      if f in man["graph"]], "image_threshold": man["thresholds"]["image"],
+                      "files": man["files"]}, indent=2))
+    if man.get("cascade"):
+        print(f"note: {man['cascade']['note']}", file=sys.stderr)
+    return 0
+
+
 def _write_heatmaps(folder: Path, det, files: list[Path], res) -> None:
     from core.data import read_image
     from core.visualize import overlay, side_by_side, write_png
@@ -207,6 +232,30 @@ def _write_heatmaps(folder: Path, det, files: list[Path], res) -> None:
         img = read_image(files[i])
         amap = det.normalisation.normalise_map(res.maps[k])
         write_png(folder / f"{files[i].stem}_heatmap.png", side_by_side(img, overlay(img, amap, predicted=amap >= 1.0)))
+
+
+def _add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="score images or folders with a saved model or an exported bundle")
+    p.add_argument("model", help="model folder, or bundle folder (scored without torch)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--csv", default=None)
+    p.add_argument("--heatmaps", default=None, help="folder for heatmap overlays")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
+                   help="bundles only: the runtime (default: OpenVINO when the bundle has it and it is installed)")
+    p.set_defaults(func=cmd_score)
+
+
+def _bundle_score_parser() -> argparse.ArgumentParser:
+    """The parser for `score BUNDLE ...` alone: the full parser imports the verbs' modules, some of which load torch."""
+    ap = argparse.ArgumentParser(prog="python -m core", description="Visual anomaly-detection workbench engine.")
+    _add_score_parser(ap.add_subparsers(dest="verb", required=True))
+    return ap
+
+
+def _is_bundle_score(argv: list[str]) -> bool:
+    from core.bundle import is_bundle
+
+    return len(argv) >= 2 and argv[0] == "score" and not argv[1].startswith("-") and is_bundle(argv[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,12 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("score", help="score images or folders with a saved model")
-    p.add_argument("model")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--csv", default=None)
-    p.add_argument("--heatmaps", default=None, help="folder for heatmap overlays")
-    p.set_defaults(func=cmd_score)
+    _add_score_parser(sub)
+
+    p = sub.add_parser("export", help="export a model folder to a bundle that scores without torch")
+    p.add_argument("model", help="model folder (PatchCore or PaDiM) written by fit or the app")
+    p.add_argument("--format", action="append", choices=["onnx", "openvino"],
+                   help="feature graph format; repeat for both (default: onnx)")
+    p.add_argument("--out", required=True, help="bundle folder to write (new, or an older bundle to replace)")
+    p.set_defaults(func=cmd_export)
 
     from core.cascade.cli import add_cascade_parser
 
@@ -260,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = (_bundle_score_parser() if _is_bundle_score(argv) else build_parser()).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
