@@ -16,32 +16,28 @@ from functools import lru_cache
 import numpy as np
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def resize_matrix(n_in: int, n_out: int, antialias: bool = True) -> np.ndarray:
-    """n_out x n_in weights of torch's bilinear resize along one axis (align_corners=False), float64."""
+    """n_out x n_in weights of torch's bilinear resize along one axis (align_corners=False), float32."""
     scale = n_in / n_out
-    aa = antialias and scale > 1.0
-    support = scale if aa else 1.0
-    inv = 1.0 / scale if aa else 1.0
-    m = np.zeros((n_out, n_in), np.float64)
-    if not aa:  # plain bilinear: two taps, source index clamped at 0
-        for i in range(n_out):
-            src = max(scale * (i + 0.5) - 0.5, 0.0)
-            i0 = min(int(src), n_in - 1)
-            i1 = min(i0 + 1, n_in - 1)
-            lam = src - i0
-            m[i, i0] += 1.0 - lam
-            m[i, i1] += lam
-        return m
-    for i in range(n_out):
+    i = np.arange(n_out, dtype=np.float64)[:, None]
+    j = np.arange(n_in, dtype=np.float64)[None, :]
+    if antialias and scale > 1.0:  # shrinking: a triangle filter stretched by the scale, taps [lo, hi)
         center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), n_in)
-        j = np.arange(lo, hi)
-        w = np.maximum(0.0, 1.0 - np.abs((j - center + 0.5) * inv))
-        total = w.sum()
-        m[i, lo:hi] = w / total if total > 0 else w
-    return m
+        lo = np.maximum(np.trunc(center - scale + 0.5), 0)
+        hi = np.minimum(np.trunc(center + scale + 0.5), n_in)
+        w = np.maximum(0.0, 1.0 - np.abs((j - center + 0.5) / scale)) * ((j >= lo) & (j < hi))
+        total = w.sum(axis=1, keepdims=True)
+        return (w / np.where(total > 0, total, 1.0)).astype(np.float32)
+    # plain bilinear: two taps, the source index clamped at 0 and n_in - 1
+    src = np.maximum(scale * (i[:, 0] + 0.5) - 0.5, 0.0)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = src - i0
+    m = np.zeros((n_out, n_in), np.float64)
+    np.add.at(m, (np.arange(n_out), i0), 1.0 - lam)
+    np.add.at(m, (np.arange(n_out), i1), lam)
+    return m.astype(np.float32)
 
 
 @lru_cache(maxsize=16)
@@ -71,7 +67,8 @@ def blur_matrix(n: int, sigma: float) -> np.ndarray:
 @lru_cache(maxsize=16)
 def map_matrix(n_cells: int, size: int, sigma: float) -> np.ndarray:
     """size x n_cells: a patch-map axis upsampled bilinearly to ``size`` px, then blurred (one matrix, float32)."""
-    return (blur_matrix(size, float(sigma)) @ resize_matrix(n_cells, size, antialias=False)).astype(np.float32)
+    return (blur_matrix(size, float(sigma)) @ resize_matrix(n_cells, size, antialias=False).astype(np.float64)
+            ).astype(np.float32)
 
 
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:
@@ -81,8 +78,8 @@ def resize_image(img: np.ndarray, size: int) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     h, w = img.shape[:2]
-    rh = resize_matrix(h, size).astype(np.float32) if h != size else None
-    rw = resize_matrix(w, size).astype(np.float32).T if w != size else None
+    rh = resize_matrix(h, size) if h != size else None
+    rw = resize_matrix(w, size).T if w != size else None
     planes = [img] if img.ndim == 2 else [img[:, :, c] for c in range(img.shape[2])]
     out = []
     for p in planes:
@@ -101,4 +98,4 @@ def upsample_and_blur(patch_maps: np.ndarray, size: int, sigma: float) -> np.nda
     """N x h x w patch scores -> N x size x size maps (core.detectors.postprocess.upsample_and_blur in numpy)."""
     n, h, w = patch_maps.shape
     a_h, a_w = map_matrix(h, size, float(sigma)), map_matrix(w, size, float(sigma))
-    return np.einsum("ij,njk,lk->nil", a_h, np.asarray(patch_maps, np.float32), a_w, optimize=True)
+    return np.matmul(np.matmul(a_h, np.asarray(patch_maps, np.float32)), a_w.T)  # two batched matrix products
