@@ -179,7 +179,26 @@ def _scorer(args: argparse.Namespace):
     return load_detector(args.model)
 
 
+def _score_to_parquet(args: argparse.Namespace) -> int:
+    from core.progress import TqdmProgress
+    from core.scale.batch_scoring import score_to_parquet, summary_json
+
+    if args.ray is not None:
+        from core.scale.ray_scoring import score_on_ray
+
+        s = score_on_ray(args.model, args.paths, args.out, address=args.ray or None, actors=args.actors,
+                         threads_per_actor=args.threads_per_actor, batch_size=args.batch_size, progress=TqdmProgress())
+    else:
+        s = score_to_parquet(args.model, args.paths, args.out, batch_size=args.batch_size, progress=TqdmProgress())
+    print(summary_json(s))
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    if args.out:
+        return _score_to_parquet(args)
+    if args.ray is not None:
+        raise WorkbenchError("--ray writes Parquet partitions and needs --out.", "Add --out results.parquet.")
     det = _scorer(args)
     files = _expand(args.paths)
     if not files:
@@ -242,6 +261,14 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--heatmaps", default=None, help="folder for heatmap overlays")
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
                    help="bundles only: the runtime (default: OpenVINO when the bundle has it and it is installed)")
+    p.add_argument("--out", default=None,
+                   help="Parquet folder of results (resumable: a rerun skips images already written); paths may "
+                        "then also be list files (.txt) or globs")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="with --out: score on Ray (no ADDRESS: a local cluster on this machine)")
+    p.add_argument("--actors", type=int, default=2, help="--ray: scoring actors (the model is loaded once in each)")
+    p.add_argument("--threads-per-actor", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64, help="--out: images per batch and per Parquet partition")
     p.set_defaults(func=cmd_score)
 
 
