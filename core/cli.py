@@ -164,25 +164,62 @@ def _expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def _scorer(args: argparse.Namespace):
+    """The model to score with: an exported bundle (never loads torch) or a model folder."""
+    from core.bundle import is_bundle
+
+    if is_bundle(args.model):
+        from core.bundle.runtime import load_bundle
+
+        return load_bundle(args.model, runtime=args.runtime)
     from core.config import set_threads
     from core.detectors import load_detector
-    from core.workbench import cascade_for_scoring, model_info, read_thresholds
 
     set_threads()
-    det = load_detector(args.model)
+    return load_detector(args.model)
+
+
+def _score_to_parquet(args: argparse.Namespace) -> int:
+    from core.progress import TqdmProgress
+    from core.scale.batch_scoring import score_to_parquet, summary_json
+
+    if args.ray is not None:
+        from core.scale.ray_scoring import score_on_ray
+
+        s = score_on_ray(args.model, args.paths, args.out, address=args.ray or None, actors=args.actors,
+                         threads_per_actor=args.threads_per_actor, batch_size=args.batch_size, progress=TqdmProgress())
+    else:
+        s = score_to_parquet(args.model, args.paths, args.out, batch_size=args.batch_size, progress=TqdmProgress())
+    print(summary_json(s))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.out:
+        return _score_to_parquet(args)
+    if args.ray is not None:
+        raise WorkbenchError("--ray writes Parquet partitions and needs --out.", "Add --out results.parquet.")
+    det = _scorer(args)
     files = _expand(args.paths)
     if not files:
         raise WorkbenchError(f"No images found in {', '.join(args.paths)}.", "Give image files or folders of them.")
-    thr, payload = det.threshold, {}
-    if args.thresholds:
-        payload = read_thresholds(args.thresholds, model_info(args.model).stamp.split(":")[0])
-        thr = float(payload["threshold"])
-    cascade = None if args.no_cascade else cascade_for_scoring(args.model)
-    if cascade is not None:
-        if payload.get("t_low") is not None:
-            cascade.t_low, cascade.t_high = float(payload["t_low"]), float(payload["t_high"])
-        return _score_routed(args, det, files, thr, cascade)
+    thr = det.threshold
+    from core.bundle import is_bundle
+
+    if is_bundle(args.model):
+        if args.thresholds:
+            raise WorkbenchError("--thresholds applies to model folders; a bundle carries the thresholds it was "
+                                 "exported with.", "Save the thresholds into the model in the app, then export again.")
+    else:  # a model folder: the thresholds file and the cascade (the workbench layer loads torch; bundles never do)
+        from core.workbench import cascade_for_scoring, model_info, read_thresholds
+
+        payload = read_thresholds(args.thresholds, model_info(args.model).stamp.split(":")[0]) if args.thresholds else {}
+        thr = float(payload.get("threshold", thr))
+        cascade = None if args.no_cascade else cascade_for_scoring(args.model)
+        if cascade is not None:
+            if payload.get("t_low") is not None:
+                cascade.t_low, cascade.t_high = float(payload["t_low"]), float(payload["t_high"])
+            return _score_routed(args, det, files, thr, cascade)
     from core.detectors.postprocess import score_to_threshold
 
     res = det.score_paths([str(f) for f in files], cache=None)
@@ -252,6 +289,20 @@ def _emit(args: argparse.Namespace, text: str, summary: str) -> None:
         print(summary, file=sys.stderr)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.bundle.export import export_bundle
+    from core.bundle.manifest import read_manifest
+
+    out = export_bundle(args.model, args.out, args.format or ["onnx"])
+    man = read_manifest(out)
+    print(json.dumps({"bundle": str(out), "kind": man["kind"], "formats": [f for f in ("onnx", "openvino")
+                      if f in man["graph"]], "image_threshold": man["thresholds"]["image"],
+                      "files": man["files"]}, indent=2))
+    if man.get("cascade"):
+        print(f"note: {man['cascade']['note']}", file=sys.stderr)
+    return 0
+
+
 def _write_heatmaps(folder: Path, det, files: list[Path], res) -> None:
     from core.data import read_image
     from core.visualize import overlay, side_by_side, write_png
@@ -260,6 +311,43 @@ def _write_heatmaps(folder: Path, det, files: list[Path], res) -> None:
         img = read_image(files[i])
         amap = det.normalisation.normalise_map(res.maps[k])
         write_png(folder / f"{files[i].stem}_heatmap.png", side_by_side(img, overlay(img, amap, predicted=amap >= 1.0)))
+
+
+def _add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="score images or folders with a saved model or an exported bundle")
+    p.add_argument("model", help="model folder, or bundle folder (scored without torch)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--csv", default=None)
+    p.add_argument("--heatmaps", default=None, help="folder for heatmap overlays")
+    p.add_argument("--thresholds", default=None,
+                   help="model folders: a thresholds JSON downloaded from the Score images page (decision threshold, "
+                        "T_low/T_high)")
+    p.add_argument("--no-cascade", action="store_true",
+                   help="model folders: score every image with the heatmap model even when the model has a cascade")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
+                   help="bundles only: the runtime (default: OpenVINO when the bundle has it and it is installed)")
+    p.add_argument("--out", default=None,
+                   help="Parquet folder of results (resumable: a rerun skips images already written); paths may "
+                        "then also be list files (.txt) or globs")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="with --out: score on Ray (no ADDRESS: a local cluster on this machine)")
+    p.add_argument("--actors", type=int, default=2, help="--ray: scoring actors (the model is loaded once in each)")
+    p.add_argument("--threads-per-actor", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64, help="--out: images per batch and per Parquet partition")
+    p.set_defaults(func=cmd_score)
+
+
+def _bundle_score_parser() -> argparse.ArgumentParser:
+    """The parser for `score BUNDLE ...` alone: the full parser imports the verbs' modules, some of which load torch."""
+    ap = argparse.ArgumentParser(prog="python -m core", description="Visual anomaly-detection workbench engine.")
+    _add_score_parser(ap.add_subparsers(dest="verb", required=True))
+    return ap
+
+
+def _is_bundle_score(argv: list[str]) -> bool:
+    from core.bundle import is_bundle
+
+    return len(argv) >= 2 and argv[0] == "score" and not argv[1].startswith("-") and is_bundle(argv[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,16 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("score", help="score images or folders with a saved model")
-    p.add_argument("model")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--csv", default=None)
-    p.add_argument("--heatmaps", default=None, help="folder for heatmap overlays")
-    p.add_argument("--thresholds", default=None,
-                   help="a thresholds JSON downloaded from the Score images page (decision threshold, T_low/T_high)")
-    p.add_argument("--no-cascade", action="store_true",
-                   help="score every image with the heatmap model even when the model has a fitted cascade")
-    p.set_defaults(func=cmd_score)
+    _add_score_parser(sub)
+
+    p = sub.add_parser("export", help="export a model folder to a bundle that scores without torch")
+    p.add_argument("model", help="model folder (PatchCore or PaDiM) written by fit or the app")
+    p.add_argument("--format", action="append", choices=["onnx", "openvino"],
+                   help="feature graph format; repeat for both (default: onnx)")
+    p.add_argument("--out", required=True, help="bundle folder to write (new, or an older bundle to replace)")
+    p.set_defaults(func=cmd_export)
 
     from core.cascade.cli import add_cascade_parser
 
@@ -317,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = (_bundle_score_parser() if _is_bundle_score(argv) else build_parser()).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:

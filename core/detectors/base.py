@@ -16,6 +16,7 @@ import numpy as np
 
 from core.data.splits import holdout
 from core.detectors.postprocess import Normalisation, upsample_and_blur
+from core.detectors.results import ScoreResult
 from core.errors import DatasetError, ModelFormatError
 from core.features import FeatureCache, FeatureExtractor, FeatureSpec
 from core.progress import ProgressFn, no_progress
@@ -58,22 +59,6 @@ class FitReport:
         d = asdict(self)
         d["total_seconds"] = self.total_seconds
         return d
-
-
-@dataclass
-class ScoreResult:
-    """Raw and normalised scores and anomaly maps (image_size x image_size) of the images that were read."""
-
-    scores: np.ndarray
-    maps: np.ndarray
-    ok: list[int]
-    errors: dict[int, str]
-    seconds: dict[str, float]
-
-    @property
-    def ms_per_image(self) -> float:
-        n = max(1, len(self.ok))
-        return 1000.0 * sum(self.seconds.values()) / n
 
 
 class HeatmapDetector:

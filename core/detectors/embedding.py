@@ -61,12 +61,13 @@ def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[li
         raise ValueError(f"channel indices outside 0..{total - 1}")
     selected, picked, start = [], [], 0
     for m in maps:
-        mine = np.sort(channels[(channels >= start) & (channels < start + m.shape[1])])
+        width = int(m.shape[1])  # int(): under the ONNX tracer shapes are tensors
+        mine = np.sort(channels[(channels >= start) & (channels < start + width)])
         keep = torch.as_tensor(mine - start, dtype=torch.long)
         # Gathered along the last axis of the NHWC view: the selection and the channels-last copy in one pass.
         selected.append(m.permute(0, 2, 3, 1)[..., keep].permute(0, 3, 1, 2))
         picked.append(mine)
-        start += int(m.shape[1])
+        start += width
     concat_order = np.concatenate(picked)  # channel index at each concatenated position: sorted, layers in order
     return selected, np.searchsorted(concat_order, channels).astype(np.int64)
 

@@ -25,6 +25,7 @@ import torch
 from core.detectors.base import HeatmapDetector, default_image_size
 from core.detectors.coreset import coreset_size, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
+from core.detectors.patch_scoring import PatchScoring, score_patches
 from core.detectors.search import MemoryBankIndex, SearchConfig
 from core.progress import ProgressFn
 
@@ -159,6 +160,9 @@ class PatchCore(HeatmapDetector):
             return self.bank, self.bank_source, self.index
         return self.rescore_index.bank, self.score_source, self.rescore_index
 
+    def _scoring(self) -> PatchScoring:
+        return PatchScoring(self.cfg.map_neighbors, self.cfg.rescore_patches, self.cfg.num_neighbors)
+
     def _score_embeddings(
         self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
@@ -167,38 +171,22 @@ class PatchCore(HeatmapDetector):
         n, _, h, w = emb.shape
         patches = to_patches(emb)
         t0 = time.perf_counter()
-        k = max(1, min(int(self.cfg.map_neighbors), len(self.bank)))
+        bank, source, index = self._score_bank()
         if leave_out is None:
-            d2, nn = self.index.search(patches, k)
+            map_search, rescore_search = self.index.search, None
+            if self.rescore_index is not None:
+                rescore_search = self.rescore_index.search
         else:
-            d2, nn = self._search_leaving_out(patches, np.repeat(np.asarray(leave_out), h * w), k)
-        dist = np.sqrt(d2)
-        nearest = dist[:, 0].reshape(n, h * w)
-        patch_map = dist.mean(axis=1).reshape(n, h, w)
-        patches = patches.reshape(n, h * w, -1)
-        nn0 = nn[:, 0].reshape(n, h * w)
-        if self.rescore_index is not None:
-            patches, nearest, nn0 = self._rescore_farthest(patches, nearest, leave_out)
-        bank, _, index = self._score_bank()
-        scores = self._reweighted_scores(patches, nearest, nn0, bank, index)
+            rows = np.asarray(leave_out)
+            map_search = lambda q, k: self._search_leaving_out(q, np.repeat(rows, h * w), k)  # noqa: E731
+            rescore_search = None
+            if self.rescore_index is not None:
+                t = max(1, min(int(self.cfg.rescore_patches), h * w))
+                rescore_search = lambda q, k: self._search_leaving_out(  # noqa: E731
+                    q, np.repeat(rows, t), k, index, source)
+        scores, patch_map = score_patches(patches, (n, h, w), self._scoring(), len(self.bank), map_search, bank,
+                                          index.search, rescore_search)
         return scores, patch_map, {"search": time.perf_counter() - t0}
-
-    def _rescore_farthest(
-        self, patches: np.ndarray, nearest: np.ndarray, leave_out: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The ``rescore_patches`` patches of each image farthest from the map bank (N x T x C), their distances
-        to the image-score bank (N x T) and their nearest rows there (N x T)."""
-        n, p, c = patches.shape
-        t = max(1, min(int(self.cfg.rescore_patches), p))
-        top = np.argsort(-nearest, axis=1, kind="stable")[:, :t]
-        picked = np.ascontiguousarray(np.take_along_axis(patches, top[:, :, None], axis=1))
-        queries = picked.reshape(n * t, c)
-        if leave_out is None:
-            d2, nn = self.rescore_index.search(queries, 1)
-        else:
-            _, source, index = self._score_bank()
-            d2, nn = self._search_leaving_out(queries, np.repeat(np.asarray(leave_out), t), 1, index, source)
-        return picked, np.sqrt(d2[:, 0]).reshape(n, t), nn[:, 0].reshape(n, t)
 
     def _search_leaving_out(
         self,
@@ -220,27 +208,6 @@ class PatchCore(HeatmapDetector):
         # rows from other images whenever the bank has them; otherwise (one training image) own rows fill in.
         order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(d2, order, axis=1), np.take_along_axis(nn, order, axis=1)
-
-    def _reweighted_scores(
-        self, patches: np.ndarray, dist: np.ndarray, nn: np.ndarray, bank: np.ndarray, index: MemoryBankIndex
-    ) -> np.ndarray:
-        """Paper eq. 7: s = (1 - softmax(||m_test - m_j||)_0) * s*, over m*'s neighbours m_j in ``bank``.
-
-        ``patches`` N x P x C, ``dist`` / ``nn`` N x P: each patch's nearest distance and row in ``bank``."""
-        rows = np.arange(len(dist))
-        worst = dist.argmax(axis=1)
-        s_star = dist[rows, worst]
-        k = min(self.cfg.num_neighbors, len(bank))
-        if k <= 1:
-            return s_star
-        m_star = bank[nn[rows, worst]]
-        _, support = index.search(m_star, k)  # includes m* itself first
-        support = np.where(support < 0, nn[rows, worst][:, None], support)
-        m_test = patches[rows, worst]
-        d = np.linalg.norm(bank[support] - m_test[:, None, :], axis=2)
-        d = d - d.max(axis=1, keepdims=True)  # stable softmax
-        soft = np.exp(d) / np.exp(d).sum(axis=1, keepdims=True)
-        return (1.0 - soft[:, 0]) * s_star
 
     def nearest_patch(self, features_of_one: dict[str, np.ndarray]) -> dict[str, Any]:
         """Where the most anomalous patch of one image is, and the bank patch nearest to it (for the app)."""

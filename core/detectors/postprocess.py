@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def upsample_and_blur(patch_maps: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
     """N x h x w patch scores -> N x size x size maps, bilinear then Gaussian blur (sigma in pixels)."""
+    import cv2  # imported here: Normalisation, below, is also used by the torch-free bundle scorer
+    import torch
+    import torch.nn.functional as F
+
     t = torch.as_tensor(np.ascontiguousarray(patch_maps, dtype=np.float32))[:, None]
     up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
     if sigma <= 0:

@@ -108,6 +108,20 @@ class MemoryBankIndex:
         self.index = index
         self.kind = "ivfpq"
 
+    @classmethod
+    def from_faiss(cls, bank: np.ndarray, index, kind: str, config: SearchConfig = SearchConfig()) -> "MemoryBankIndex":
+        """Wrap a faiss index already built over ``bank`` (an exported bundle's deserialised IVF-PQ index)."""
+        self = cls.__new__(cls)
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.config, self.index, self.kind, self.effective = config, index, kind, {}
+        return self
+
+    def to_bytes(self) -> np.ndarray:
+        """The faiss index serialised by faiss (uint8), for a bundle to load with ``faiss.deserialize_index``."""
+        import faiss
+
+        return faiss.serialize_index(self.index)
+
     parallel_queries = True  # flat search: split the queries over threads (see MIN_QUERIES_PER_SLICE)
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
