@@ -16,6 +16,7 @@ import numpy as np
 
 from core.data.splits import holdout
 from core.detectors.postprocess import Normalisation, upsample_and_blur
+from core.detectors.scale import ScaleChoice, check_input_pixels, choose_scale, forced_scale
 from core.errors import DatasetError, ModelFormatError
 from core.features import FeatureCache, FeatureExtractor, FeatureSpec
 from core.progress import ProgressFn, no_progress
@@ -49,6 +50,7 @@ class FitReport:
     cache: dict[str, int]
     skipped: dict[str, str] = field(default_factory=dict)  # path -> message
     notes: list[str] = field(default_factory=list)
+    scale: dict[str, Any] = field(default_factory=dict)  # the ScaleChoice the model was fitted at
 
     @property
     def total_seconds(self) -> float:
@@ -62,7 +64,8 @@ class FitReport:
 
 @dataclass
 class ScoreResult:
-    """Raw and normalised scores and anomaly maps (image_size x image_size) of the images that were read."""
+    """Raw scores and anomaly maps (N x height x width: the model's input size, ``input_hw``) of the images that
+    were read."""
 
     scores: np.ndarray
     maps: np.ndarray
@@ -85,9 +88,22 @@ class HeatmapDetector:
     # (``_score_embeddings(..., leave_out=train indices)``); False: hold the slice out of fitting.
     leave_out_calibration: ClassVar[bool] = False
 
-    def __init__(self, backbone: str, layers: Sequence[str] | None, image_size: int, blur_sigma: float, seed: int):
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str] | None,
+        image_size: int,
+        blur_sigma: float,
+        seed: int,
+        auto_scale: bool = False,
+    ):
+        """``image_size``: the square input side; with ``auto_scale`` only the default until :meth:`fit` chooses
+        the scale from the training images (``core.detectors.scale``)."""
         self.backbone = backbone
         self.layers: tuple[str, ...] = tuple(layers or ())
+        self.auto_scale = bool(auto_scale)
+        self.scale = ScaleChoice(int(image_size), int(image_size), "default", "the detector's default size") \
+            if auto_scale else forced_scale(int(image_size))
         self.image_size = int(image_size)
         self.blur_sigma = float(blur_sigma)
         self.seed = int(seed)
@@ -97,14 +113,32 @@ class HeatmapDetector:
         self.weights_sha256: str = ""
         self._extractor: FeatureExtractor | None = None
         self._estimate_memory = True  # off for an outside feature source (use_feature_source)
+        self._outside_features = False
+
+    # --- scale ----------------------------------------------------------------------------------
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) images are resized to before the backbone; maps come out at this size."""
+        return self.scale.hw
+
+    def set_scale(self, scale: ScaleChoice) -> None:
+        """Score at ``scale`` from now on (the extractor is rebuilt for the new size on next use)."""
+        if scale.hw != self.scale.hw and self._extractor is not None and not self._outside_features:
+            self._extractor = None
+        self.scale = scale
+        self.image_size = max(scale.hw)
+        self._on_scale_change()
+
+    def _on_scale_change(self) -> None:
+        """Hook for subclasses whose config repeats the size."""
 
     # --- features -------------------------------------------------------------------------------
     def extractor(self, cache: FeatureCache | None = None, device: str | None = None) -> FeatureExtractor:
         """The feature extractor for this model's backbone, layers and size (created once)."""
         if self._extractor is None:
-            self._extractor = FeatureExtractor(
-                FeatureSpec(self.backbone, self.layers, self.image_size), device=device, cache=cache
-            )
+            h, w = self.input_hw
+            spec = FeatureSpec(self.backbone, self.layers, max(h, w), None if h == w else (h, w))
+            self._extractor = FeatureExtractor(spec, device=device, cache=cache)
             self.layers = self._extractor.spec.layers
             if self.weights_sha256 and self.weights_sha256 != self._extractor.weights_sha256:
                 raise ModelFormatError(
@@ -126,6 +160,10 @@ class HeatmapDetector:
         self.layers = tuple(source.spec.layers)
         self.weights_sha256 = source.weights_sha256
         self._estimate_memory = False
+        self._outside_features = True
+        self.auto_scale = False  # the source's size is the model's
+        hw = getattr(source.spec, "hw", (source.spec.image_size, source.spec.image_size))
+        self.set_scale(ScaleChoice(int(hw[0]), int(hw[1]), "forced", "the outside feature source's size"))
 
     # --- to implement ---------------------------------------------------------------------------
     def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
@@ -177,6 +215,9 @@ class HeatmapDetector:
                 f"Fitting needs at least 2 normal images; got {len(paths)}.",
                 "Point the detector at a dataset whose train/good (or normal) folder holds images.",
             )
+        if self.auto_scale:
+            self.set_scale(choose_scale(paths, self.default_size()))
+        check_input_pixels(self.input_hw)
         salt = f"calibration:{self.seed}"
         fit_paths, calib_paths = (paths, []) if self.leave_out_calibration else holdout(paths, self.calibration_fraction, salt)
         if self._estimate_memory:
@@ -203,7 +244,7 @@ class HeatmapDetector:
             calib_idx = np.array(calib, dtype=np.int64)
             feats = {k: v[calib_idx] for k, v in res.features.items()}
             scores, patch_maps, _ = self._score_embeddings(feats, leave_out=calib_idx)
-            maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
+            maps = upsample_and_blur(patch_maps, self.input_hw, self.blur_sigma)
             n_calib = len(calib_idx)
         else:
             cal = self.score_paths(calib_paths, cache=cache, progress=progress)
@@ -219,13 +260,19 @@ class HeatmapDetector:
             seconds=seconds,
             cache=res.cache.as_dict(),
             skipped=skipped,
+            notes=[self.scale.describe()],
+            scale=self.scale.to_dict(),
         )
+
+    def default_size(self) -> int:
+        """The square size this detector was tuned at (the automatic scale's choice for small images)."""
+        return default_image_size(self.kind, self.backbone)
 
     def _finish(self, features: dict[str, np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         scores, patch_maps, s = self._score_embeddings(features)
         seconds.update({k: seconds.get(k, 0.0) + v for k, v in s.items()})
         t0 = time.perf_counter()
-        maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
+        maps = upsample_and_blur(patch_maps, self.input_hw, self.blur_sigma)
         seconds["map"] = seconds.get("map", 0.0) + time.perf_counter() - t0
         return scores, maps
 
@@ -269,10 +316,10 @@ class HeatmapDetector:
         return self._result([s], [m], list(range(len(images))), {}, seconds)
 
     def _result(self, scores, maps, ok, errors, seconds) -> ScoreResult:
-        size = self.image_size
+        h, w = self.input_hw
         return ScoreResult(
             scores=np.concatenate(scores) if scores else np.zeros(0),
-            maps=np.concatenate(maps) if maps else np.zeros((0, size, size), np.float32),
+            maps=np.concatenate(maps) if maps else np.zeros((0, h, w), np.float32),
             ok=ok,
             errors=errors,
             seconds=seconds,
@@ -292,6 +339,8 @@ class HeatmapDetector:
             "backbone": self.backbone,
             "layers": list(self.layers),
             "image_size": self.image_size,
+            "input_hw": list(self.input_hw),
+            "scale": self.scale.to_dict(),
             "blur_sigma": self.blur_sigma,
             "seed": self.seed,
             "weights_sha256": self.weights_sha256,
@@ -319,6 +368,9 @@ class HeatmapDetector:
         cfg, arrays = load_model_folder(folder, expect_kind=cls.kind)
         try:
             det = cls.from_config(cfg)
+            if "scale" in cfg:  # format 2; version-1 models are square at image_size, as from_config made them
+                det.set_scale(ScaleChoice.from_dict(cfg["scale"]))
+            det.auto_scale = False  # a fitted model keeps its scale
             det.layers = tuple(cfg["layers"])
             det.weights_sha256 = cfg["weights_sha256"]
             det.train_fingerprint = cfg.get("train_fingerprint", "")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from core.detectors.base import HeatmapDetector, default_image_size
+from core.detectors.scale import ScaleChoice
 from core.detectors.embedding import patch_embedding
 from core.errors import WorkbenchError
 from core.progress import ProgressFn
@@ -76,9 +77,13 @@ class Padim(HeatmapDetector):
         if config.n_channels < 1:
             raise WorkbenchError(f"PaDiM needs at least 1 feature channel per position; got {config.n_channels}.",
                                  "Use the default (100) or up to the layers' total (152 on lite0's default layers).")
-        if not config.image_size:
+        default = not config.image_size
+        if default:
             config = replace(config, image_size=default_image_size("padim", config.backbone))
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed)
+        if default:
+            self.scale = ScaleChoice(config.image_size, config.image_size, "default",
+                                     "PaDiM's tuned size (PaDiM does not choose its scale from the images yet)")
         self.cfg = config
         self.channels: np.ndarray | None = None
         self.mean: np.ndarray | None = None  # P x d

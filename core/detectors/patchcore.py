@@ -35,7 +35,9 @@ class PatchCoreConfig:
 
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[str, ...] = ()  # empty: the backbone's default (strides 8 and 16)
-    image_size: int = 0  # 0: default_image_size("patchcore", backbone), 208 px for CNNs
+    # 0: chosen at fit from the training images (core.detectors.scale: 208 px square for small images, else their
+    # own size up to a pixel budget, aspect ratio kept); > 0: that square size.
+    image_size: int = 0
     neighbourhood: int = 3
     # Scale of the finest layer (stride 8) against the coarser one in patch distances: a detection / localisation
     # trade-off, 1.0 (the paper's plain concatenation) by default. benchmarks/patchcore_defaults.py, magnetic_tile
@@ -78,10 +80,12 @@ class PatchCore(HeatmapDetector):
     calibration_fraction = 0.5
 
     def __init__(self, config: PatchCoreConfig = PatchCoreConfig()) -> None:
-        if not config.image_size:
+        auto = not config.image_size
+        if auto:
             config = replace(config, image_size=default_image_size("patchcore", config.backbone))
-        super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed)
         self.cfg = config
+        super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed,
+                         auto_scale=auto)
         self.bank: np.ndarray | None = None
         self.bank_source: np.ndarray | None = None  # (image index, row, col) of each bank row in train_paths
         # The image score's bank beyond ``bank`` (greedy picks after the map bank's) and where its rows came from.
@@ -93,17 +97,18 @@ class PatchCore(HeatmapDetector):
         self.index: MemoryBankIndex | None = None
         self.coreset_seconds = 0.0
 
+    def _on_scale_change(self) -> None:
+        self.cfg = replace(self.cfg, image_size=self.image_size)
+
     def _embed(self, features: dict[str, np.ndarray]) -> torch.Tensor:
         return patch_embedding(features, self.layers, self.cfg.neighbourhood, fine_weight=self.cfg.fine_layer_weight)
 
     def estimate_fit_bytes(self, n_images: int) -> int:
         """Patches x (features + projection + its two padded copies), float32, plus the cached features."""
-        ext = self.extractor()
-        x = ext.backbone.preprocess([np.zeros((32, 32, 3), np.uint8)], self.image_size)
-        maps = ext.backbone.feature_maps(x, self.layers)
-        per_image_feats = sum(int(np.prod(m.shape[1:])) for m in maps.values())
-        h, w = max(tuple(m.shape[-2:]) for m in maps.values())
-        channels = sum(int(m.shape[1]) for m in maps.values())
+        shapes = self.extractor().feature_shapes()
+        per_image_feats = sum(c * h * w for c, h, w in shapes.values())
+        h, w = max((h, w) for _, h, w in shapes.values())
+        channels = sum(c for c, _, _ in shapes.values())
         patches = n_images * h * w
         proj = self.projection_dim_for(channels)
         return 4 * (n_images * per_image_feats + patches * (2 * channels + 2 * (proj + 2) + 18))
