@@ -24,6 +24,7 @@ def _detector_from_args(args: argparse.Namespace):
             backbone=args.backbone,
             layers=layers,
             image_size=args.image_size,
+            pixel_budget=int(args.pixel_budget * 1e6),
             coreset=args.coreset,
             ratio=args.ratio,
             coreset_size=args.coreset_size,
@@ -47,6 +48,9 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
                    help="square input size in px (default 0: PatchCore chooses its scale from the training images, "
                         "208 px for small ones, else their own size up to a pixel budget with the aspect ratio "
                         "kept; PaDiM uses 224)")
+    p.add_argument("--pixel-budget", type=float, default=0.0,
+                   help="PatchCore's automatic scale: megapixels an input may keep before it is scaled down "
+                        "(default 0: 0.41 MP, a 640 x 640 image; raise it to score larger images at their own size)")
     p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy")
     p.add_argument("--ratio", type=float, default=0.01, help="coreset size as a share of all patches")
     p.add_argument("--coreset-size", type=int, default=None, help="absolute coreset size (overrides --ratio)")

@@ -23,6 +23,9 @@ from core.progress import ProgressFn, no_progress
 from core.storage import load_model_folder, save_model_folder
 
 
+CALIBRATION_CHUNK_PATCHES = 250_000  # finest-layer cells scored per leave-out pass at fit
+
+
 def default_image_size(detector: str, backbone: str) -> int:
     """The input size a detector uses when none is given.
 
@@ -216,7 +219,7 @@ class HeatmapDetector:
                 "Point the detector at a dataset whose train/good (or normal) folder holds images.",
             )
         if self.auto_scale:
-            self.set_scale(choose_scale(paths, self.default_size()))
+            self.set_scale(choose_scale(paths, self.default_size(), self.pixel_budget()))
         check_input_pixels(self.input_hw)
         salt = f"calibration:{self.seed}"
         fit_paths, calib_paths = (paths, []) if self.leave_out_calibration else holdout(paths, self.calibration_fraction, salt)
@@ -242,9 +245,7 @@ class HeatmapDetector:
         if self.leave_out_calibration:
             _, calib = holdout(list(range(len(self.train_paths))), self.calibration_fraction, salt)
             calib_idx = np.array(calib, dtype=np.int64)
-            feats = {k: v[calib_idx] for k, v in res.features.items()}
-            scores, patch_maps, _ = self._score_embeddings(feats, leave_out=calib_idx)
-            maps = upsample_and_blur(patch_maps, self.input_hw, self.blur_sigma)
+            scores, maps = self._score_left_out(res.features, calib_idx)
             n_calib = len(calib_idx)
         else:
             cal = self.score_paths(calib_paths, cache=cache, progress=progress)
@@ -264,9 +265,29 @@ class HeatmapDetector:
             scale=self.scale.to_dict(),
         )
 
+    def _score_left_out(self, features: dict[str, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and maps of training images ``idx``, each left out of the model, in chunks of about
+        CALIBRATION_CHUNK_PATCHES patches (a leave-out search holds many neighbours per patch: at 640 px a single
+        pass over half of deeppcb's boards took gigabytes)."""
+        per_image = max(1, max(int(np.prod(v.shape[-2:])) for v in features.values()))
+        step = max(1, CALIBRATION_CHUNK_PATCHES // per_image)
+        scores, maps = [], []
+        for s in range(0, len(idx), step):
+            part = idx[s : s + step]
+            sc, pm, _ = self._score_embeddings({k: v[part] for k, v in features.items()}, leave_out=part)
+            scores.append(sc)
+            maps.append(upsample_and_blur(pm, self.input_hw, self.blur_sigma))
+        return np.concatenate(scores), np.concatenate(maps)
+
     def default_size(self) -> int:
         """The square size this detector was tuned at (the automatic scale's choice for small images)."""
         return default_image_size(self.kind, self.backbone)
+
+    def pixel_budget(self) -> int:
+        """Input pixels the automatic scale may use (see core.detectors.scale)."""
+        from core.detectors.scale import DEFAULT_PIXEL_BUDGET
+
+        return DEFAULT_PIXEL_BUDGET
 
     def _finish(self, features: dict[str, np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         scores, patch_maps, s = self._score_embeddings(features)

@@ -25,6 +25,7 @@ import torch
 from core.detectors.base import HeatmapDetector, default_image_size
 from core.detectors.coreset import coreset_size, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
+from core.detectors.scale import DEFAULT_PIXEL_BUDGET
 from core.detectors.search import MemoryBankIndex, SearchConfig
 from core.progress import ProgressFn
 
@@ -38,6 +39,7 @@ class PatchCoreConfig:
     # 0: chosen at fit from the training images (core.detectors.scale: 208 px square for small images, else their
     # own size up to a pixel budget, aspect ratio kept); > 0: that square size.
     image_size: int = 0
+    pixel_budget: int = 0  # the automatic scale's budget in input pixels; 0: scale.DEFAULT_PIXEL_BUDGET
     neighbourhood: int = 3
     # Scale of the finest layer (stride 8) against the coarser one in patch distances: a detection / localisation
     # trade-off, 1.0 (the paper's plain concatenation) by default. benchmarks/patchcore_defaults.py, magnetic_tile
@@ -97,6 +99,9 @@ class PatchCore(HeatmapDetector):
         self.index: MemoryBankIndex | None = None
         self.coreset_seconds = 0.0
 
+    def pixel_budget(self) -> int:
+        return self.cfg.pixel_budget or DEFAULT_PIXEL_BUDGET
+
     def _on_scale_change(self) -> None:
         self.cfg = replace(self.cfg, image_size=self.image_size)
 
@@ -113,6 +118,25 @@ class PatchCore(HeatmapDetector):
         proj = self.projection_dim_for(channels)
         return 4 * (n_images * per_image_feats + patches * (2 * channels + 2 * (proj + 2) + 18))
 
+    def _fit_patches(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+        """All training patches (rows: image, row, column), their local variance (variance coreset only) and the
+        grid, embedded a few images at a time into one array: the embedding of every image is never held beside
+        its patch rows (at 640 px that copy alone was 0.55 GB on deeppcb)."""
+        n = len(next(iter(features.values())))
+        patches = variance = None
+        step = 32
+        for s in range(0, n, step):
+            emb = self._embed({k: v[s : s + step] for k, v in features.items()})
+            _, c, h, w = emb.shape
+            if patches is None:
+                patches = np.empty((n * h * w, c), np.float32)
+                variance = np.empty(n * h * w, np.float32) if self.cfg.coreset == "variance" else None
+            rows = slice(s * h * w, (s + len(emb)) * h * w)
+            patches[rows] = to_patches(emb)
+            if variance is not None:
+                variance[rows] = local_variance(emb).reshape(-1).numpy()
+        return patches, variance, (h, w)
+
     def projection_dim_for(self, channels: int) -> int:
         """Dimensions the greedy coreset measures distances in, for features ``channels`` wide."""
         if self.cfg.projection_dim > 0:
@@ -120,12 +144,8 @@ class PatchCore(HeatmapDetector):
         return channels if channels <= 256 else 128
 
     def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
-        emb = self._embed(features)
-        n, _, h, w = emb.shape
+        patches, variance, (h, w) = self._fit_patches(features)
         self.grid = (h, w)
-        variance = local_variance(emb).reshape(-1).numpy() if self.cfg.coreset == "variance" else None
-        patches = to_patches(emb)
-        del emb
         n_map = coreset_size(len(patches), None if self.cfg.coreset_size else self.cfg.ratio, self.cfg.coreset_size)
         n_all = n_map
         if self.cfg.rescore_ratio > 0:

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Inputs are rounded to this many pixels (the backbones' deepest default layer has stride 16; 32 keeps every
-# stride-8 and stride-16 cell whole).
+# Inputs scaled to the budget are rounded to this many pixels (the backbones' deepest default layer has stride 16;
+# 32 keeps every stride-8 and stride-16 cell whole). Native inputs keep their exact size.
 SIDE_MULTIPLE = 32
 # The automatic scale keeps the whole image up to this many pixels (a 640 x 640 board fits; a 12-MP camera image is
 # scaled to about this). benchmarks/highres_pcb.py chose it on deeppcb_00041 against fit and scoring time.
@@ -85,7 +85,7 @@ def choose_scale(
     paths: Sequence[str | Path], default_size: int, pixel_budget: int = DEFAULT_PIXEL_BUDGET
 ) -> ScaleChoice:
     """The scale for training images ``paths``: ``default_size`` square for small images, else the median image's
-    own size (aspect ratio kept, sides rounded to 32 px), scaled down to ``pixel_budget`` pixels if larger."""
+    own size (aspect ratio kept), scaled down to ``pixel_budget`` pixels (sides rounded to 32 px) if larger."""
     sizes = [hw for hw in (image_hw(p) for p in paths) if hw is not None]
     if not sizes:
         return ScaleChoice(default_size, default_size, "default", "no training image size could be read")
@@ -98,14 +98,14 @@ def choose_scale(
             "square loses at most half the resolution", (h, w), pixel_budget,
         )
     factor = min(1.0, float(np.sqrt(pixel_budget / float(h * w))))
-    sh, sw = _round_side(h * factor), _round_side(w * factor)
-    if factor >= 1.0:
-        return ScaleChoice(sh, sw, "native",
+    if factor >= 1.0:  # the image's own size, not rounded: maps and masks then align pixel for pixel
+        return ScaleChoice(h, w, "native",
                            f"training images are about {h} x {w} px, within the {pixel_budget / 1e6:.2f}-MP budget: "
                            "scored at their own resolution, aspect ratio kept", (h, w), pixel_budget)
+    sh, sw = _round_side(h * factor), _round_side(w * factor)
     return ScaleChoice(sh, sw, "capped",
                        f"training images are about {h} x {w} px, over the {pixel_budget / 1e6:.2f}-MP budget: scaled "
-                       f"by {factor:.2f}, aspect ratio kept (force a size to trade speed for resolution)",
+                       f"by {factor:.2f}, aspect ratio kept (raise the pixel budget to trade speed for resolution)",
                        (h, w), pixel_budget)
 
 
