@@ -154,3 +154,17 @@ def test_worst_region_is_cropped_at_one_to_one_pixels():
     assert crop.shape == (256, 256, 3) and box == (1372, 2744, 1628, 3000)
     y0, x0, y1, x1 = worst_region(amap[::4, ::4], (2000, 3000), 256)  # a map at a quarter size
     assert y1 - y0 == 256 and y0 <= 1500 < y1 and x0 <= 2988 < x1
+
+
+def test_padim_chooses_the_same_scale_and_maps_at_the_boards_size(pcb, tmp_cache):
+    from core.detectors import Padim, PadimConfig
+
+    index, train, test = pcb
+    det = Padim(PadimConfig())
+    report = det.fit(train, cache=tmp_cache)
+    assert det.input_hw == (640, 640) and report.scale["mode"] == "native" and det.grid == (80, 80)
+    img, pix = _pcb_metrics(det, index, test, tmp_cache)
+    small = Padim(PadimConfig(image_size=224))
+    small.fit(train, cache=tmp_cache)
+    small_img, small_pix = _pcb_metrics(small, index, test, tmp_cache)
+    assert img > small_img and pix > small_pix + 0.03, (img, pix, small_img, small_pix)

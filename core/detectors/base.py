@@ -117,6 +117,7 @@ class HeatmapDetector:
         self._extractor: FeatureExtractor | None = None
         self._estimate_memory = True  # off for an outside feature source (use_feature_source)
         self._outside_features = False
+        self.fit_notes: list[str] = []  # what the last fit decided beyond the scale, for its report
 
     # --- scale ----------------------------------------------------------------------------------
     @property
@@ -218,6 +219,7 @@ class HeatmapDetector:
                 f"Fitting needs at least 2 normal images; got {len(paths)}.",
                 "Point the detector at a dataset whose train/good (or normal) folder holds images.",
             )
+        self.fit_notes = []
         if self.auto_scale:
             self.set_scale(choose_scale(paths, self.default_size(), self.pixel_budget()))
         check_input_pixels(self.input_hw)
@@ -261,7 +263,7 @@ class HeatmapDetector:
             seconds=seconds,
             cache=res.cache.as_dict(),
             skipped=skipped,
-            notes=[self.scale.describe()],
+            notes=[self.scale.describe(), *self.fit_notes],
             scale=self.scale.to_dict(),
         )
 
