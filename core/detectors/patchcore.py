@@ -69,6 +69,9 @@ class PatchCoreConfig:
     seed: int = 0
 
 
+LEAVE_OUT_MARGIN = 16  # extra neighbours of a leave-out search's first, short pass
+
+
 class PatchCore(HeatmapDetector):
     """Fit on normal images; score = distance of the most anomalous patch to the memory bank."""
 
@@ -245,8 +248,20 @@ class PatchCore(HeatmapDetector):
         source = self.bank_source if source is None else source
         per_image = np.bincount(source[:, 0])
         k_all = int(min(len(source), per_image.max() + k))
-        d2, nn = index.search(patches, k_all)
+        # First a short search: most patches have k neighbours from other images among their k + 16 nearest, and a
+        # k_all-wide search of every patch (hundreds of columns at 640 px) dominated the fit. Patches short of k
+        # valid neighbours there are searched again k_all wide, so the result is the same as searching all so.
+        k_short = min(k_all, k + LEAVE_OUT_MARGIN)
+        d2, nn = index.search(patches, k_short)
         valid = (nn >= 0) & (source[np.maximum(nn, 0), 0] != image_of_row[:, None])
+        if k_short < k_all:
+            redo = np.flatnonzero(valid.sum(axis=1) < k)
+            if len(redo):
+                d2_all, nn_all = index.search(patches[redo], k_all)
+                valid_all = (nn_all >= 0) & (source[np.maximum(nn_all, 0), 0] != image_of_row[redo][:, None])
+                d2, nn, valid = (np.pad(a, ((0, 0), (0, k_all - k_short)), constant_values=c)
+                                 for a, c in ((d2, np.inf), (nn, -1), (valid, False)))
+                d2[redo], nn[redo], valid[redo] = d2_all, nn_all, valid_all
         # A stable sort puts each row's valid columns first, still in distance order. k_all leaves at least k
         # rows from other images whenever the bank has them; otherwise (one training image) own rows fill in.
         order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
