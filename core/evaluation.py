@@ -16,9 +16,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from core.data import DatasetIndex, index_dataset, read_image, read_mask
+from core.data.images import image_shape
 from core.detectors import HeatmapDetector, ScoreResult
 from core.errors import DatasetError, WorkbenchError
 from core.features import FeatureCache
@@ -61,7 +61,7 @@ def ground_truth_masks(
         if mp is None:
             continue
         try:
-            m = read_mask(mp, shape=_image_shape(index.abs_path(rec)))
+            m = read_mask(mp, shape=image_shape(index.abs_path(rec)))
         except WorkbenchError as exc:
             if problems is not None:
                 problems.append(f"{exc} Left out of the pixel metrics.")
@@ -69,19 +69,6 @@ def ground_truth_masks(
         masks[i] = m if m.shape == (h, w) else cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
         usable[i] = True
     return masks, usable
-
-
-def _image_shape(path) -> tuple[int, int] | None:
-    """(H, W) from the image header (nothing decoded), or None when it cannot be read (the image itself is then
-    reported by the scoring step)."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # read_image applies EXIF rotation: 90 degrees swaps W, H
-                w, h = h, w
-            return int(h), int(w)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def timing_probe(det: HeatmapDetector, paths: list[str], n: int = 32, batch: int = 16) -> dict[str, float]:

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from core.data.images import image_shape
+
 # Inputs scaled to the budget are rounded to this many pixels (the backbones' deepest default layer has stride 16;
 # 32 keeps every stride-8 and stride-16 cell whole). Native inputs keep their exact size.
 SIDE_MULTIPLE = 32
@@ -58,20 +60,6 @@ class ScaleChoice:
         return f"scale: {self.height} x {self.width} px ({self.mode}): {self.reason}"
 
 
-def image_hw(path: str | Path) -> tuple[int, int] | None:
-    """(H, W) from an image file's header (nothing decoded; EXIF rotation applied), or None if unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # read_image applies EXIF rotation: 90 degrees swaps W, H
-                w, h = h, w
-            return int(h), int(w)
-    except Exception:  # noqa: BLE001 - an unreadable file is reported by feature extraction, not here
-        return None
-
-
 def _round_side(x: float) -> int:
     return max(SIDE_MULTIPLE, int(round(x / SIDE_MULTIPLE)) * SIDE_MULTIPLE)
 
@@ -86,7 +74,7 @@ def choose_scale(
 ) -> ScaleChoice:
     """The scale for training images ``paths``: ``default_size`` square for small images, else the median image's
     own size (aspect ratio kept), scaled down to ``pixel_budget`` pixels (sides rounded to 32 px) if larger."""
-    sizes = [hw for hw in (image_hw(p) for p in paths) if hw is not None]
+    sizes = [hw for hw in (image_shape(p) for p in paths) if hw is not None]
     if not sizes:
         return ScaleChoice(default_size, default_size, "default", "no training image size could be read")
     h, w = (int(v) for v in np.median(np.array(sizes, dtype=np.float64), axis=0))

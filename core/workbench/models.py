@@ -69,7 +69,7 @@ class FitSettings:
 
     detector: str = "patchcore"
     backbone: str = "tf_efficientnet_lite0"
-    image_size: int = 0  # 0: the detector's default for the backbone
+    image_size: int = 0  # 0: the detector chooses its scale from the training images (core.detectors.scale)
     coreset: str = "greedy"
     ratio: float = 0.01
     seed: int = 0
@@ -225,6 +225,7 @@ class ModelInfo:
     threshold: float | None = None
     threshold_source: str = ""
     details: str = ""
+    scale: str = ""  # the input scale the model chose or was given, and why (ScaleChoice.describe)
     stamp: str = ""  # changes whenever the folder's config or arrays change (a cache key)
     error: str = ""  # set when the folder could not be read
 
@@ -241,6 +242,19 @@ class ModelInfo:
             "created": self.created,
             "problem": self.error,
         }
+
+
+def _scale_text(cfg: dict[str, Any]) -> str:
+    """The model's scale line (models saved before format 2: their square size)."""
+    from core.detectors.scale import ScaleChoice
+
+    if isinstance(cfg.get("scale"), dict):
+        try:
+            return ScaleChoice.from_dict(cfg["scale"]).describe()
+        except (KeyError, TypeError, ValueError):
+            return ""
+    size = int(cfg.get("image_size", 0) or 0)
+    return f"scale: {size} x {size} px" if size else ""
 
 
 def model_info(folder: str | Path) -> ModelInfo:
@@ -272,6 +286,7 @@ def model_info(folder: str | Path) -> ModelInfo:
         kind=str(cfg.get("kind", "")),
         backbone=str(cfg.get("backbone", "")),
         image_size=int(cfg.get("image_size", 0) or 0),
+        scale=_scale_text(cfg),
         dataset=str(cfg.get("dataset", "")),
         created=str(created),
         threshold=norm.get("image_threshold"),
