@@ -24,6 +24,7 @@ def _detector_from_args(args: argparse.Namespace):
             backbone=args.backbone,
             layers=layers,
             image_size=args.image_size,
+            pixel_budget=int(args.pixel_budget * 1e6),
             coreset=args.coreset,
             ratio=args.ratio,
             coreset_size=args.coreset_size,
@@ -44,7 +45,12 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--layers", default="", help="comma-separated module names (default: the backbone's)")
     p.add_argument("--image-size", type=int, default=0,
-                   help="input size in px (default 0: the detector's, 208 for PatchCore on a CNN, else 224)")
+                   help="square input size in px (default 0: PatchCore chooses its scale from the training images, "
+                        "208 px for small ones, else their own size up to a pixel budget with the aspect ratio "
+                        "kept; PaDiM uses 224)")
+    p.add_argument("--pixel-budget", type=float, default=0.0,
+                   help="PatchCore's automatic scale: megapixels an input may keep before it is scaled down "
+                        "(default 0: 0.41 MP, a 640 x 640 image; raise it to score larger images at their own size)")
     p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy")
     p.add_argument("--ratio", type=float, default=0.01, help="coreset size as a share of all patches")
     p.add_argument("--coreset-size", type=int, default=None, help="absolute coreset size (overrides --ratio)")
@@ -129,7 +135,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(f"skipped: {msg}", file=sys.stderr)
     det.save(args.out, extra={"dataset": str(index.root), "fit_report": report.to_dict()})
     print(json.dumps({"model": str(args.out), **report.to_dict()}, indent=2))
+    print(_scale_line(report.scale))
     return 0
+
+
+def _scale_line(scale: dict | None) -> str:
+    """The chosen scale and why, for the fit and evaluate output."""
+    from core.detectors.scale import ScaleChoice
+
+    return ScaleChoice.from_dict(scale).describe() if scale else "scale: not recorded"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -144,6 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     keys = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_ap", "f1_max", "fit_seconds", "ms_per_image",
             "memory_bank_size", "image_score_bank_size"]
     print(json.dumps({k: m.get(k) for k in keys}, indent=2))
+    print(_scale_line(m.get("scale")))
     if m.get("warning"):
         print(f"WARNING: {m['warning']}", file=sys.stderr)
     for msg in m.get("mask_problems", []):

@@ -16,9 +16,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from core.data import DatasetIndex, index_dataset, read_image, read_mask
+from core.data.images import image_shape
 from core.detectors import HeatmapDetector, ScoreResult
 from core.detectors.postprocess import score_to_threshold
 from core.errors import DatasetError, WorkbenchError
@@ -42,15 +42,17 @@ class Evaluation:
 
 
 def ground_truth_masks(
-    index: DatasetIndex, records, size: int, problems: list[str] | None = None
+    index: DatasetIndex, records, size: int | tuple[int, int], problems: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Masks at ``size`` x ``size`` (nearest) and which images have usable pixel ground truth.
+    """Masks at ``size`` x ``size`` or ``size`` = (height, width) (nearest; the identity when that is the image's own
+    size, so maps and masks then align pixel for pixel) and which images have usable pixel ground truth.
 
     Normal images get an empty mask; defect images without a mask file are left out of pixel metrics, and so
     are those whose mask cannot be read or has another size than its image (never resized to fit: a mask of
     the wrong size marks the wrong pixels). Each such mask adds a message naming it to ``problems``.
     """
-    masks = np.zeros((len(records), size, size), dtype=bool)
+    h, w = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    masks = np.zeros((len(records), h, w), dtype=bool)
     usable = np.zeros(len(records), dtype=bool)
     for i, rec in enumerate(records):
         if rec.label == 0:
@@ -60,27 +62,14 @@ def ground_truth_masks(
         if mp is None:
             continue
         try:
-            m = read_mask(mp, shape=_image_shape(index.abs_path(rec)))
+            m = read_mask(mp, shape=image_shape(index.abs_path(rec)))
         except WorkbenchError as exc:
             if problems is not None:
                 problems.append(f"{exc} Left out of the pixel metrics.")
             continue
-        masks[i] = cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+        masks[i] = m if m.shape == (h, w) else cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
         usable[i] = True
     return masks, usable
-
-
-def _image_shape(path) -> tuple[int, int] | None:
-    """(H, W) from the image header (nothing decoded), or None when it cannot be read (the image itself is then
-    reported by the scoring step)."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # read_image applies EXIF rotation: 90 degrees swaps W, H
-                w, h = h, w
-            return int(h), int(w)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def timing_probe(det: HeatmapDetector, paths: list[str], n: int = 32, batch: int = 16) -> dict[str, float]:
@@ -137,7 +126,7 @@ def score_with_ground_truth(
     res = det.score_paths(paths, cache=cache, progress=progress)
     kept = [records[i] for i in res.ok]
     problems: list[str] = []
-    gt, usable = ground_truth_masks(index, kept, det.image_size, problems) if masks else (None, None)
+    gt, usable = ground_truth_masks(index, kept, det.input_hw, problems) if masks else (None, None)
     return ScoredRecords(kept, [paths[i] for i in res.ok], res, gt, usable, problems)
 
 
@@ -245,6 +234,8 @@ def run_evaluate(
         backbone=det.backbone,
         layers=list(det.layers),
         image_size=det.image_size,
+        input_hw=list(det.input_hw),
+        scale=det.scale.to_dict(),
         coreset=params.get("coreset"),
         coreset_ratio=params.get("ratio"),
         memory_bank_size=params.get("memory_bank_size"),

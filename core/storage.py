@@ -27,7 +27,9 @@ import numpy as np
 
 from core.errors import ModelFormatError
 
-FORMAT_VERSION = 1
+# 2: heatmap models may score at a non-square input (config "scale" / "input_hw"); version 1 folders still load
+# (square ``image_size``), and a product that reads only version 1 refuses a version-2 model instead of squashing it.
+FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 ARRAYS_NAME = "arrays.safetensors"
 LOCK_NAME = ".lock"

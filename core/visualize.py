@@ -92,3 +92,29 @@ def write_png(path, image: np.ndarray) -> None:
     if not ok:
         raise ValueError("PNG encoding failed")
     atomic_write_bytes(path, buf.tobytes())
+
+
+def worst_region(amap: np.ndarray, image_hw: tuple[int, int], crop: int = 256) -> tuple[int, int, int, int]:
+    """The ``crop`` x ``crop`` window (y0, x0, y1, x1, in the image's own pixels) centred on the map's maximum,
+    shifted to stay inside the image (smaller where the image is): for a 1:1 view of the worst region.
+
+    ``amap`` may be at any size; its maximum is carried to image pixels by the ratio of the sizes."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    mh, mw = amap.shape[:2]
+    my, mx = np.unravel_index(int(np.argmax(np.nan_to_num(amap, nan=-np.inf))), (mh, mw))
+    cy, cx = int((my + 0.5) * h / mh), int((mx + 0.5) * w / mw)
+    ch, cw = min(crop, h), min(crop, w)
+    y0 = min(max(0, cy - ch // 2), h - ch)
+    x0 = min(max(0, cx - cw // 2), w - cw)
+    return y0, x0, y0 + ch, x0 + cw
+
+
+def worst_region_crop(
+    image: np.ndarray, amap: np.ndarray, crop: int = 256, mask: np.ndarray | None = None, vmax: float = 2.0
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The overlay of ``image`` (normalised ``amap``, optional ground-truth ``mask``) cropped at 1:1 pixels around
+    the map's maximum, and the window (y0, x0, y1, x1): a 2-px pin-hole stays 2 px on screen."""
+    box = worst_region(amap, image.shape[:2], crop)
+    full = overlay(image, amap, mask, vmax=vmax)
+    y0, x0, y1, x1 = box
+    return full[y0:y1, x0:x1], box

@@ -327,3 +327,16 @@ def _mask_values(im: Image.Image) -> np.ndarray:
     elif mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8).max(axis=2)
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(H, W) from the image header (nothing decoded), as :func:`read_image` will return it (EXIF rotation by 90
+    degrees swaps W and H), or None when it cannot be read (the image itself is then reported where it is read)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):
+                w, h = h, w
+            return int(h), int(w)
+    except Exception:  # noqa: BLE001
+        return None

@@ -17,10 +17,14 @@ import numpy as np
 from core.data.splits import holdout
 from core.detectors.postprocess import Normalisation, upsample_and_blur
 from core.detectors.results import ScoreResult
+from core.detectors.scale import ScaleChoice, check_input_pixels, choose_scale, forced_scale
 from core.errors import DatasetError, ModelFormatError
 from core.features import FeatureCache, FeatureExtractor, FeatureSpec
 from core.progress import ProgressFn, no_progress
 from core.storage import load_model_folder, save_model_folder
+
+
+CALIBRATION_CHUNK_PATCHES = 250_000  # finest-layer cells scored per leave-out pass at fit
 
 
 def default_image_size(detector: str, backbone: str) -> int:
@@ -50,6 +54,7 @@ class FitReport:
     cache: dict[str, int]
     skipped: dict[str, str] = field(default_factory=dict)  # path -> message
     notes: list[str] = field(default_factory=list)
+    scale: dict[str, Any] = field(default_factory=dict)  # the ScaleChoice the model was fitted at
 
     @property
     def total_seconds(self) -> float:
@@ -70,9 +75,22 @@ class HeatmapDetector:
     # (``_score_embeddings(..., leave_out=train indices)``); False: hold the slice out of fitting.
     leave_out_calibration: ClassVar[bool] = False
 
-    def __init__(self, backbone: str, layers: Sequence[str] | None, image_size: int, blur_sigma: float, seed: int):
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str] | None,
+        image_size: int,
+        blur_sigma: float,
+        seed: int,
+        auto_scale: bool = False,
+    ):
+        """``image_size``: the square input side; with ``auto_scale`` only the default until :meth:`fit` chooses
+        the scale from the training images (``core.detectors.scale``)."""
         self.backbone = backbone
         self.layers: tuple[str, ...] = tuple(layers or ())
+        self.auto_scale = bool(auto_scale)
+        self.scale = ScaleChoice(int(image_size), int(image_size), "default", "the detector's default size") \
+            if auto_scale else forced_scale(int(image_size))
         self.image_size = int(image_size)
         self.blur_sigma = float(blur_sigma)
         self.seed = int(seed)
@@ -82,14 +100,33 @@ class HeatmapDetector:
         self.weights_sha256: str = ""
         self._extractor: FeatureExtractor | None = None
         self._estimate_memory = True  # off for an outside feature source (use_feature_source)
+        self._outside_features = False
+        self.fit_notes: list[str] = []  # what the last fit decided beyond the scale, for its report
+
+    # --- scale ----------------------------------------------------------------------------------
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) images are resized to before the backbone; maps come out at this size."""
+        return self.scale.hw
+
+    def set_scale(self, scale: ScaleChoice) -> None:
+        """Score at ``scale`` from now on (the extractor is rebuilt for the new size on next use)."""
+        if scale.hw != self.scale.hw and self._extractor is not None and not self._outside_features:
+            self._extractor = None
+        self.scale = scale
+        self.image_size = max(scale.hw)
+        self._on_scale_change()
+
+    def _on_scale_change(self) -> None:
+        """Hook for subclasses whose config repeats the size."""
 
     # --- features -------------------------------------------------------------------------------
     def extractor(self, cache: FeatureCache | None = None, device: str | None = None) -> FeatureExtractor:
         """The feature extractor for this model's backbone, layers and size (created once)."""
         if self._extractor is None:
-            self._extractor = FeatureExtractor(
-                FeatureSpec(self.backbone, self.layers, self.image_size), device=device, cache=cache
-            )
+            h, w = self.input_hw
+            spec = FeatureSpec(self.backbone, self.layers, max(h, w), None if h == w else (h, w))
+            self._extractor = FeatureExtractor(spec, device=device, cache=cache)
             self.layers = self._extractor.spec.layers
             if self.weights_sha256 and self.weights_sha256 != self._extractor.weights_sha256:
                 raise ModelFormatError(
@@ -111,6 +148,10 @@ class HeatmapDetector:
         self.layers = tuple(source.spec.layers)
         self.weights_sha256 = source.weights_sha256
         self._estimate_memory = False
+        self._outside_features = True
+        self.auto_scale = False  # the source's size is the model's
+        hw = getattr(source.spec, "hw", (source.spec.image_size, source.spec.image_size))
+        self.set_scale(ScaleChoice(int(hw[0]), int(hw[1]), "forced", "the outside feature source's size"))
 
     # --- to implement ---------------------------------------------------------------------------
     def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
@@ -162,6 +203,10 @@ class HeatmapDetector:
                 f"Fitting needs at least 2 normal images; got {len(paths)}.",
                 "Point the detector at a dataset whose train/good (or normal) folder holds images.",
             )
+        self.fit_notes = []
+        if self.auto_scale:
+            self.set_scale(choose_scale(paths, self.default_size(), self.pixel_budget()))
+        check_input_pixels(self.input_hw)
         salt = f"calibration:{self.seed}"
         fit_paths, calib_paths = (paths, []) if self.leave_out_calibration else holdout(paths, self.calibration_fraction, salt)
         if self._estimate_memory:
@@ -187,10 +232,8 @@ class HeatmapDetector:
             _, calib = holdout(list(range(len(self.train_paths))), self.calibration_fraction, salt)
             calib_idx = np.array(calib, dtype=np.int64)
             progress("score", 0, len(calib_idx))  # the calibration stage, shown while it runs
-            feats = {k: v[calib_idx] for k, v in res.features.items()}
-            scores, patch_maps, _ = self._score_embeddings(feats, leave_out=calib_idx)
+            scores, maps = self._score_left_out(res.features, calib_idx)
             progress("score", len(calib_idx), len(calib_idx))
-            maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
             n_calib = len(calib_idx)
         else:
             cal = self.score_paths(calib_paths, cache=cache, progress=progress)
@@ -206,13 +249,39 @@ class HeatmapDetector:
             seconds=seconds,
             cache=res.cache.as_dict(),
             skipped=skipped,
+            notes=[self.scale.describe(), *self.fit_notes],
+            scale=self.scale.to_dict(),
         )
+
+    def _score_left_out(self, features: dict[str, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and maps of training images ``idx``, each left out of the model, in chunks of about
+        CALIBRATION_CHUNK_PATCHES patches (a leave-out search holds many neighbours per patch: at 640 px a single
+        pass over half of deeppcb's boards took gigabytes)."""
+        per_image = max(1, max(int(np.prod(v.shape[-2:])) for v in features.values()))
+        step = max(1, CALIBRATION_CHUNK_PATCHES // per_image)
+        scores, maps = [], []
+        for s in range(0, len(idx), step):
+            part = idx[s : s + step]
+            sc, pm, _ = self._score_embeddings({k: v[part] for k, v in features.items()}, leave_out=part)
+            scores.append(sc)
+            maps.append(upsample_and_blur(pm, self.input_hw, self.blur_sigma))
+        return np.concatenate(scores), np.concatenate(maps)
+
+    def default_size(self) -> int:
+        """The square size this detector was tuned at (the automatic scale's choice for small images)."""
+        return default_image_size(self.kind, self.backbone)
+
+    def pixel_budget(self) -> int:
+        """Input pixels the automatic scale may use (see core.detectors.scale)."""
+        from core.detectors.scale import DEFAULT_PIXEL_BUDGET
+
+        return DEFAULT_PIXEL_BUDGET
 
     def _finish(self, features: dict[str, np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         scores, patch_maps, s = self._score_embeddings(features)
         seconds.update({k: seconds.get(k, 0.0) + v for k, v in s.items()})
         t0 = time.perf_counter()
-        maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
+        maps = upsample_and_blur(patch_maps, self.input_hw, self.blur_sigma)
         seconds["map"] = seconds.get("map", 0.0) + time.perf_counter() - t0
         return scores, maps
 
@@ -256,10 +325,10 @@ class HeatmapDetector:
         return self._result([s], [m], list(range(len(images))), {}, seconds)
 
     def _result(self, scores, maps, ok, errors, seconds) -> ScoreResult:
-        size = self.image_size
+        h, w = self.input_hw
         return ScoreResult(
             scores=np.concatenate(scores) if scores else np.zeros(0),
-            maps=np.concatenate(maps) if maps else np.zeros((0, size, size), np.float32),
+            maps=np.concatenate(maps) if maps else np.zeros((0, h, w), np.float32),
             ok=ok,
             errors=errors,
             seconds=seconds,
@@ -279,6 +348,8 @@ class HeatmapDetector:
             "backbone": self.backbone,
             "layers": list(self.layers),
             "image_size": self.image_size,
+            "input_hw": list(self.input_hw),
+            "scale": self.scale.to_dict(),
             "blur_sigma": self.blur_sigma,
             "seed": self.seed,
             "weights_sha256": self.weights_sha256,
@@ -306,6 +377,9 @@ class HeatmapDetector:
         cfg, arrays = load_model_folder(folder, expect_kind=cls.kind)
         try:
             det = cls.from_config(cfg)
+            if "scale" in cfg:  # format 2; version-1 models are square at image_size, as from_config made them
+                det.set_scale(ScaleChoice.from_dict(cfg["scale"]))
+            det.auto_scale = False  # a fitted model keeps its scale
             det.layers = tuple(cfg["layers"])
             det.weights_sha256 = cfg["weights_sha256"]
             det.train_fingerprint = cfg.get("train_fingerprint", "")

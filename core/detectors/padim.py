@@ -28,7 +28,7 @@ class PadimConfig:
 
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[str, ...] = ()  # empty: the backbone's default
-    image_size: int = 0  # 0: default_image_size("padim", backbone), 224 px
+    image_size: int = 0  # 0: chosen at fit from the training images (core.detectors.scale; 224 px for small ones)
     # The paper's random subset. All 152 of lite0's default layers gained on val_mix (image / pixel AUROC 0.973 /
     # 0.783 vs 0.968 / 0.769 over draws 0-4, AUPRO 0.740 vs 0.742) for 2.3x the Mahalanobis work and 72 MB of
     # inverses instead of 31 (benchmarks/padim_defaults.py); the side-by-side with anomalib uses 100.
@@ -76,10 +76,12 @@ class Padim(HeatmapDetector):
         if config.n_channels < 1:
             raise WorkbenchError(f"PaDiM needs at least 1 feature channel per position; got {config.n_channels}.",
                                  "Use the default (100) or up to the layers' total (152 on lite0's default layers).")
-        if not config.image_size:
+        auto = not config.image_size
+        if auto:
             config = replace(config, image_size=default_image_size("padim", config.backbone))
-        super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed)
         self.cfg = config
+        super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed,
+                         auto_scale=auto)
         self.channels: np.ndarray | None = None
         self.mean: np.ndarray | None = None  # P x d
         self.inv_cov: np.ndarray | None = None  # P x d x d
@@ -119,9 +121,13 @@ class Padim(HeatmapDetector):
         maps = m2.reshape(n, h, w).numpy()
         return maps.reshape(n, -1).max(axis=1), maps, {"mahalanobis": time.perf_counter() - t0}
 
+    def _on_scale_change(self) -> None:
+        self.cfg = replace(self.cfg, image_size=self.image_size)
+
     def estimate_fit_bytes(self, n_images: int) -> int:
         d = self.cfg.n_channels
-        p = (self.image_size // 8) ** 2 * 4  # up to a stride-4 grid
+        h, w = self.input_hw
+        p = -(-h // 8) * -(-w // 8) * 4  # up to a stride-4 grid
         # the float32 embedding, one float64 chunk of gaussian_statistics, the float64 inverses and their float32 copy
         return 4 * p * n_images * d + 8 * 64 * n_images * d + 12 * p * d * d
 

@@ -26,6 +26,7 @@ from core.detectors.base import HeatmapDetector, default_image_size
 from core.detectors.coreset import coreset_size, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
 from core.detectors.patch_scoring import PatchScoring, score_patches
+from core.detectors.scale import DEFAULT_PIXEL_BUDGET
 from core.detectors.search import MemoryBankIndex, SearchConfig
 from core.progress import ProgressFn
 
@@ -36,7 +37,10 @@ class PatchCoreConfig:
 
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[str, ...] = ()  # empty: the backbone's default (strides 8 and 16)
-    image_size: int = 0  # 0: default_image_size("patchcore", backbone), 208 px for CNNs
+    # 0: chosen at fit from the training images (core.detectors.scale: 208 px square for small images, else their
+    # own size up to a pixel budget, aspect ratio kept); > 0: that square size.
+    image_size: int = 0
+    pixel_budget: int = 0  # the automatic scale's budget in input pixels; 0: scale.DEFAULT_PIXEL_BUDGET
     neighbourhood: int = 3
     # Scale of the finest layer (stride 8) against the coarser one in patch distances: a detection / localisation
     # trade-off, 1.0 (the paper's plain concatenation) by default. benchmarks/patchcore_defaults.py, magnetic_tile
@@ -66,6 +70,9 @@ class PatchCoreConfig:
     seed: int = 0
 
 
+LEAVE_OUT_MARGIN = 16  # extra neighbours of a leave-out search's first, short pass
+
+
 class PatchCore(HeatmapDetector):
     """Fit on normal images; score = distance of the most anomalous patch to the memory bank."""
 
@@ -79,10 +86,12 @@ class PatchCore(HeatmapDetector):
     calibration_fraction = 0.5
 
     def __init__(self, config: PatchCoreConfig = PatchCoreConfig()) -> None:
-        if not config.image_size:
+        auto = not config.image_size
+        if auto:
             config = replace(config, image_size=default_image_size("patchcore", config.backbone))
-        super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed)
         self.cfg = config
+        super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed,
+                         auto_scale=auto)
         self.bank: np.ndarray | None = None
         self.bank_source: np.ndarray | None = None  # (image index, row, col) of each bank row in train_paths
         # The image score's bank beyond ``bank`` (greedy picks after the map bank's) and where its rows came from.
@@ -94,20 +103,43 @@ class PatchCore(HeatmapDetector):
         self.index: MemoryBankIndex | None = None
         self.coreset_seconds = 0.0
 
+    def pixel_budget(self) -> int:
+        return self.cfg.pixel_budget or DEFAULT_PIXEL_BUDGET
+
+    def _on_scale_change(self) -> None:
+        self.cfg = replace(self.cfg, image_size=self.image_size)
+
     def _embed(self, features: dict[str, np.ndarray]) -> torch.Tensor:
         return patch_embedding(features, self.layers, self.cfg.neighbourhood, fine_weight=self.cfg.fine_layer_weight)
 
     def estimate_fit_bytes(self, n_images: int) -> int:
         """Patches x (features + projection + its two padded copies), float32, plus the cached features."""
-        ext = self.extractor()
-        x = ext.backbone.preprocess([np.zeros((32, 32, 3), np.uint8)], self.image_size)
-        maps = ext.backbone.feature_maps(x, self.layers)
-        per_image_feats = sum(int(np.prod(m.shape[1:])) for m in maps.values())
-        h, w = max(tuple(m.shape[-2:]) for m in maps.values())
-        channels = sum(int(m.shape[1]) for m in maps.values())
+        shapes = self.extractor().feature_shapes()
+        per_image_feats = sum(c * h * w for c, h, w in shapes.values())
+        h, w = max((h, w) for _, h, w in shapes.values())
+        channels = sum(c for c, _, _ in shapes.values())
         patches = n_images * h * w
         proj = self.projection_dim_for(channels)
         return 4 * (n_images * per_image_feats + patches * (2 * channels + 2 * (proj + 2) + 18))
+
+    def _fit_patches(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+        """All training patches (rows: image, row, column), their local variance (variance coreset only) and the
+        grid, embedded a few images at a time into one array: the embedding of every image is never held beside
+        its patch rows (at 640 px that copy alone was 0.55 GB on deeppcb)."""
+        n = len(next(iter(features.values())))
+        patches = variance = None
+        step = 32
+        for s in range(0, n, step):
+            emb = self._embed({k: v[s : s + step] for k, v in features.items()})
+            _, c, h, w = emb.shape
+            if patches is None:
+                patches = np.empty((n * h * w, c), np.float32)
+                variance = np.empty(n * h * w, np.float32) if self.cfg.coreset == "variance" else None
+            rows = slice(s * h * w, (s + len(emb)) * h * w)
+            patches[rows] = to_patches(emb)
+            if variance is not None:
+                variance[rows] = local_variance(emb).reshape(-1).numpy()
+        return patches, variance, (h, w)
 
     def projection_dim_for(self, channels: int) -> int:
         """Dimensions the greedy coreset measures distances in, for features ``channels`` wide."""
@@ -116,12 +148,14 @@ class PatchCore(HeatmapDetector):
         return channels if channels <= 256 else 128
 
     def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
-        emb = self._embed(features)
-        n, _, h, w = emb.shape
+        patches, variance, (h, w) = self._fit_patches(features)
         self.grid = (h, w)
-        variance = local_variance(emb).reshape(-1).numpy() if self.cfg.coreset == "variance" else None
-        patches = to_patches(emb)
-        del emb
+        if self.scale.mode in ("native", "capped") and self.cfg.rescore_ratio > self.cfg.ratio:
+            # Greedy picks x patches grows with the pixel count squared: at 640 px on deeppcb the 5 % image-score
+            # bank meant 45k picks over 902k patches. The automatic high-resolution scale keeps one bank.
+            self.cfg = replace(self.cfg, rescore_ratio=0.0)
+            self.fit_notes.append("image-score bank off at the high-resolution scale (one 1 % bank; its greedy "
+                                  "cost grows with the pixel count squared)")
         n_map = coreset_size(len(patches), None if self.cfg.coreset_size else self.cfg.ratio, self.cfg.coreset_size)
         n_all = n_map
         if self.cfg.rescore_ratio > 0:
@@ -202,8 +236,20 @@ class PatchCore(HeatmapDetector):
         source = self.bank_source if source is None else source
         per_image = np.bincount(source[:, 0])
         k_all = int(min(len(source), per_image.max() + k))
-        d2, nn = index.search(patches, k_all)
+        # First a short search: most patches have k neighbours from other images among their k + 16 nearest, and a
+        # k_all-wide search of every patch (hundreds of columns at 640 px) dominated the fit. Patches short of k
+        # valid neighbours there are searched again k_all wide, so the result is the same as searching all so.
+        k_short = min(k_all, k + LEAVE_OUT_MARGIN)
+        d2, nn = index.search(patches, k_short)
         valid = (nn >= 0) & (source[np.maximum(nn, 0), 0] != image_of_row[:, None])
+        if k_short < k_all:
+            redo = np.flatnonzero(valid.sum(axis=1) < k)
+            if len(redo):
+                d2_all, nn_all = index.search(patches[redo], k_all)
+                valid_all = (nn_all >= 0) & (source[np.maximum(nn_all, 0), 0] != image_of_row[redo][:, None])
+                d2, nn, valid = (np.pad(a, ((0, 0), (0, k_all - k_short)), constant_values=c)
+                                 for a, c in ((d2, np.inf), (nn, -1), (valid, False)))
+                d2[redo], nn[redo], valid[redo] = d2_all, nn_all, valid_all
         # A stable sort puts each row's valid columns first, still in distance order. k_all leaves at least k
         # rows from other images whenever the bank has them; otherwise (one training image) own rows fill in.
         order = np.argsort(~valid, axis=1, kind="stable")[:, :k]

@@ -12,14 +12,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
-def upsample_and_blur(patch_maps: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
-    """N x h x w patch scores -> N x size x size maps, bilinear then Gaussian blur (sigma in pixels)."""
+def upsample_and_blur(patch_maps: np.ndarray, size: int | tuple[int, int], sigma: float = 4.0) -> np.ndarray:
+    """N x h x w patch scores -> N x size x size maps (or N x height x width for ``size`` = (height, width)),
+    bilinear then Gaussian blur (sigma in pixels)."""
     import cv2  # imported here: Normalisation, below, is also used by the torch-free bundle scorer
     import torch
     import torch.nn.functional as F
 
+    hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     t = torch.as_tensor(np.ascontiguousarray(patch_maps, dtype=np.float32))[:, None]
-    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    up = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[:, 0].numpy()
     if sigma <= 0:
         return up
     ksize = 2 * int(4.0 * sigma + 0.5) + 1  # as scipy/anomalib: truncate at 4 sigma

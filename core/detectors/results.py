@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass
 class ScoreResult:
-    """Raw and normalised scores and anomaly maps (image_size x image_size) of the images that were read."""
+    """Raw scores and anomaly maps (N x height x width: the model's input size, ``input_hw``) of the images that
+    were read."""
 
     scores: np.ndarray
     maps: np.ndarray

@@ -32,9 +32,14 @@ RESCAN_WRITES = 1024
 PREPROCESSING_VERSION = "resize-bilinear-antialias/2"
 
 
-def feature_key(image_sha256: str, backbone: str, layers: tuple[str, ...], size: int, weights_sha256: str) -> str:
-    """The cache key: every input that changes the features is in it (preprocessing version included)."""
-    spec = json.dumps([image_sha256, backbone, list(layers), int(size), weights_sha256, PREPROCESSING_VERSION])
+def feature_key(
+    image_sha256: str, backbone: str, layers: tuple[str, ...], size: int | tuple[int, int], weights_sha256: str
+) -> str:
+    """The cache key: every input that changes the features is in it (preprocessing version included).
+
+    ``size``: the square side, or (height, width) for a non-square input."""
+    size_part = int(size) if isinstance(size, (int, np.integer)) else [int(v) for v in size]
+    spec = json.dumps([image_sha256, backbone, list(layers), size_part, weights_sha256, PREPROCESSING_VERSION])
     return hashlib.sha256(spec.encode()).hexdigest()
 
 

@@ -16,11 +16,24 @@ from core.progress import ProgressFn, no_progress
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What defines a set of features: backbone, layers and the square input size."""
+    """What defines a set of features: backbone, layers and the input size (square ``image_size``, or
+    ``input_hw`` = (height, width) when the model keeps its images' aspect ratio)."""
 
     backbone: str
     layers: tuple[str, ...]
     image_size: int = 224
+    input_hw: tuple[int, int] | None = None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width) every image is resized to before the backbone."""
+        return tuple(self.input_hw) if self.input_hw else (int(self.image_size), int(self.image_size))
+
+    @property
+    def size_key(self) -> int | tuple[int, int]:
+        """The size as the cache key holds it: an int for a square (the keys made before non-square inputs)."""
+        h, w = self.hw
+        return h if h == w else (h, w)
 
 
 @dataclass
@@ -51,7 +64,8 @@ class FeatureExtractor:
 
         self.backbone = load_backbone(spec.backbone, device)
         layers = spec.layers or self.backbone.info.default_layers
-        self.spec = FeatureSpec(spec.backbone, tuple(layers), int(spec.image_size))
+        self.spec = FeatureSpec(spec.backbone, tuple(layers), int(spec.image_size),
+                                tuple(int(v) for v in spec.input_hw) if spec.input_hw else None)
         self.cache = cache
         # On 2 CPU cores lite0 measured 36 ms/image in batches of 4 vs 55 in batches of 16 (cache-bound);
         # a GPU wants large batches.
@@ -61,6 +75,18 @@ class FeatureExtractor:
     def weights_sha256(self) -> str:
         return self.backbone.weights_sha256
 
+    def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """(channels, height, width) of each layer's map at this spec's input size, from a small probe pass
+        (the backbones are fully convolutional: a map is the input size over the layer's stride, rounded up)."""
+        probe = 64
+        x = self.backbone.preprocess([np.zeros((probe, probe, 3), np.uint8)], probe)
+        h, w = self.spec.hw
+        out = {}
+        for name, m in self.backbone.feature_maps(x, self.spec.layers).items():
+            stride = probe // int(m.shape[-1])
+            out[name] = (int(m.shape[1]), -(-h // stride), -(-w // stride))
+        return out
+
     def extract_images(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Feature maps for decoded uint8 images, RGB ``H x W x 3`` or grey ``H x W`` (no cache)."""
         from core.data.images import check_scorable
@@ -69,7 +95,7 @@ class FeatureExtractor:
             check_scorable(img, f"Image {i + 1} of {len(images)}" if len(images) > 1 else "The image")
         out: dict[str, list[np.ndarray]] = {name: [] for name in self.spec.layers}
         for start in range(0, len(images), self.batch_size):
-            x = self.backbone.preprocess(list(images[start : start + self.batch_size]), self.spec.image_size)
+            x = self.backbone.preprocess(list(images[start : start + self.batch_size]), self.spec.hw)
             maps = self.backbone.feature_maps(x, self.spec.layers)
             for name in self.spec.layers:
                 out[name].append(maps[name].float().cpu().numpy())
@@ -114,7 +140,7 @@ class FeatureExtractor:
                 hashlib.sha256(data).hexdigest(),
                 self.spec.backbone,
                 self.spec.layers,
-                self.spec.image_size,
+                self.spec.size_key,
                 self.weights_sha256,
             )
             hit = cache.get(key) if cache is not None else None

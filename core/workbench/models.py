@@ -62,7 +62,7 @@ class FitSettings:
 
     detector: str = "patchcore"
     backbone: str = "tf_efficientnet_lite0"
-    image_size: int = 0  # 0: the detector's default for the backbone
+    image_size: int = 0  # 0: the detector chooses its scale from the training images (core.detectors.scale)
     coreset: str = "greedy"
     ratio: float = 0.01
     seed: int = 0
@@ -228,6 +228,7 @@ class ModelInfo:
     threshold: float | None = None
     threshold_source: str = ""
     details: str = ""
+    scale: str = ""  # the input scale the model chose or was given, and why (ScaleChoice.describe)
     stamp: str = ""  # changes whenever the folder's config or arrays change (a cache key)
     error: str = ""  # set when the folder could not be read
 
@@ -251,6 +252,19 @@ def threshold_origin(info: ModelInfo, threshold: float) -> str:
     if abs(float(threshold) - float(info.threshold)) <= 1e-12 * max(1.0, abs(float(info.threshold))):
         return "saved"
     return "unsaved, being tuned on the Thresholds page"
+
+
+def _scale_text(cfg: dict[str, Any]) -> str:
+    """The model's scale line (models saved before format 2: their square size)."""
+    from core.detectors.scale import ScaleChoice
+
+    if isinstance(cfg.get("scale"), dict):
+        try:
+            return ScaleChoice.from_dict(cfg["scale"]).describe()
+        except (KeyError, TypeError, ValueError):
+            return ""
+    size = int(cfg.get("image_size", 0) or 0)
+    return f"scale: {size} x {size} px" if size else ""
 
 
 def model_info(folder: str | Path) -> ModelInfo:
@@ -282,6 +296,7 @@ def model_info(folder: str | Path) -> ModelInfo:
         kind=str(cfg.get("kind", "")),
         backbone=str(cfg.get("backbone", "")),
         image_size=int(cfg.get("image_size", 0) or 0),
+        scale=_scale_text(cfg),
         dataset=str(cfg.get("dataset", "")),
         created=str(created),
         threshold=norm.get("image_threshold"),

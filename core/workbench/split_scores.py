@@ -65,10 +65,12 @@ def score_split(
     kw = {"progress": progress} if progress else {}
     res = det.score_paths(paths, cache=cache if cache is not None else FeatureCache(), **kw)
     keep = [records[i] for i in res.ok]
-    m = min(MAP_STORE_SIZE, det.image_size)
+    h, w = det.input_hw
+    f = min(1.0, MAP_STORE_SIZE / max(h, w))  # the model's aspect ratio kept (square for square inputs)
+    mh, mw = max(1, round(h * f)), max(1, round(w * f))
     small = np.stack(
-        [cv2.resize(mp.astype(np.float32), (m, m), interpolation=cv2.INTER_AREA) for mp in res.maps]
-    ).astype(np.float16) if len(res.maps) else np.zeros((0, m, m), np.float16)
+        [cv2.resize(mp.astype(np.float32), (mw, mh), interpolation=cv2.INTER_AREA) for mp in res.maps]
+    ).astype(np.float16) if len(res.maps) else np.zeros((0, mh, mw), np.float16)
     return SplitScores(
         dataset=str(index.root),
         split=split,
