@@ -158,7 +158,8 @@ class Cascade:
             if routes[i] == HEATMAP:
                 t0 = _t.perf_counter()
                 res = self.detector.score_images([img])
-                hs[i], maps[i] = float(res.scores[0]), res.maps[0]
+                hs[i] = float(res.scores[0])
+                maps[i] = res.maps[0] if getattr(res, "maps", None) is not None else None
                 hms[i] = 1000.0 * (_t.perf_counter() - t0)
         dec = decisions_for(gs, hs, routes, self.policy)
         return RouteResult(gs, routes, dec, final_scores(gs, hs, routes, self.policy), hs, gms, hms, self.policy,
