@@ -107,22 +107,25 @@ def fit_section(root: str | None) -> None:
         return
     ov = _overview(root, _stamp(root))
     c1, c2, c3 = st.columns(3)
-    detector = c1.selectbox("Detector", list(wb.DETECTOR_KINDS), key="fit_detector")
+    detector = c1.selectbox("Detector", wb.detector_kinds(), key="fit_detector")
     backbones = wb.backbone_choices() or ["tf_efficientnet_lite0"]
     backbone = c2.selectbox("Backbone", backbones, key="fit_backbone",
                             help="Offline ImageNet CNNs and a DINOv2 ViT; tf_efficientnet_lite0 is the fastest.")
-    size = c3.selectbox("Image size", wb.image_size_choices(backbone, detector), key="fit_size",
-                        help="The first size is the detector's default (PatchCore on a CNN: 208, chosen on "
-                             "magnetic_tile's validation split).")
+    size = c3.selectbox("Input size", [0, *wb.image_size_choices(backbone, detector)], key="fit_size",
+                        format_func=lambda v: "automatic (from the training images)" if v == 0 else f"{v} px square",
+                        help="Automatic: the detector's default for small images, else the images' own size up to "
+                             "a pixel budget (aspect ratio kept), so defects of a few pixels stay visible. The fit "
+                             "report says what it chose and why.")
     c4, c5, c6 = st.columns(3)
-    if detector == "patchcore":
-        coreset = c4.selectbox("Coreset method", wb.coreset_methods(), key="fit_coreset",
-                               help="greedy: k-center greedy (paper); random; variance-weighted greedy.")
-        ratio = c5.number_input("Coreset ratio", min_value=0.001, max_value=1.0, value=0.01, step=0.005,
-                                format="%.3f", key="fit_ratio", help="Share of all training patches kept.")
-    else:
-        coreset, ratio = "greedy", 0.01
-        c4.caption("PaDiM keeps a Gaussian per position (100 random channels); no coreset.")
+    options = {}
+    for col, f in zip((c4, c5), wb.detector_form(detector)):
+        if f.kind == "choice":
+            options[f.name] = col.selectbox(f.label, list(f.choices), key=f"fit_{f.name}", help=f.help)
+        else:
+            cast = float if f.kind == "float" else int
+            options[f.name] = col.number_input(f.label, min_value=cast(f.minimum), max_value=cast(f.maximum),
+                                               value=cast(f.default), step=cast(f.step), key=f"fit_{f.name}",
+                                               help=f.help, format="%.3f" if f.kind == "float" else "%d")
     name = c6.text_input("Model name", value="", placeholder=wb.default_model_name(ov.name, detector), key="fit_name")
     disabled = ov.is_domain_set
     if st.button(f"Fit {detector} on {ov.name}", type="primary", disabled=disabled, key="fit_go"):
@@ -130,8 +133,7 @@ def fit_section(root: str | None) -> None:
         log = st.empty()
         tracker = wb.FitProgress(progress_sink(bar))
         try:
-            settings = wb.FitSettings(detector=detector, backbone=backbone, image_size=int(size),
-                                      coreset=coreset, ratio=float(ratio))
+            settings = wb.FitSettings(detector=detector, backbone=backbone, image_size=int(size), options=options)
             out = wb.fit_model(root, settings, name=name.strip() or None, progress=tracker)
         except Exception as exc:  # noqa: BLE001
             bar.empty()

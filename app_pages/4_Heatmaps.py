@@ -109,7 +109,7 @@ def main() -> None:
     a.image(read_image(res.paths[i]), caption=f"{res.rel_paths[i]} ({res.defects[i]})")
     b.image(wb.overlay_image(res.paths[i], detail.raw_map, norm, res.masks[i], float(pix)), caption="overlay")
     c.image(wb.heat_only(detail.raw_map, norm), caption="anomaly map (fixed scale)")
-    if info.kind == "patchcore":
+    if wb.explains_patches(info.kind):
         st.subheader("Why: the most anomalous patch and its nearest normal patch")
         try:
             ex = wb.explain_patchcore(det, res.paths[i])

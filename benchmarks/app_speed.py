@@ -108,7 +108,7 @@ def main() -> None:
 
     demo = ensure_demo()
     t0 = time.perf_counter()
-    folder = wb.fit_model(demo, wb.FitSettings(detector="patchcore", ratio=0.01), name="bench").folder
+    folder = wb.fit_model(demo, wb.FitSettings(detector="patchcore", options={"ratio": 0.01}), name="bench").folder
     wb.fit_gate(folder, "stats")
     setup_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)

@@ -39,7 +39,7 @@ def main() -> None:
     n = len(det.train_paths)
     t0 = time.perf_counter()
     train_scores = np.concatenate([
-        det._score_embeddings({k: v[s : s + 64] for k, v in feats.items()}, leave_out=np.arange(s, min(s + 64, n)))[0]
+        det.score_embeddings({k: v[s : s + 64] for k, v in feats.items()}, leave_out=np.arange(s, min(s + 64, n)))[0]
         for s in range(0, n, 64)
     ])
     per_image_s = (time.perf_counter() - t0) / n

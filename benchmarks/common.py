@@ -86,7 +86,7 @@ def patch_distances_on_splits(det, index, cache, splits: Sequence[str], k: int) 
         feats = det.extractor(cache).extract_paths([str(index.abs_path(r)) for r in records])
         records = [records[i] for i in feats.ok]
         masks, usable = ground_truth_masks(index, records, det.image_size)
-        emb = det._embed(feats.features)
+        emb = det.embed(feats.features)
         d2, _ = det.index.search(to_patches(emb), k)
         out[split] = (masks, usable, np.sqrt(d2), (emb.shape[0], emb.shape[2], emb.shape[3]))
     return out

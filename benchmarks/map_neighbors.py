@@ -47,7 +47,7 @@ def main() -> None:
 
     from core.detectors.embedding import to_patches
 
-    queries = to_patches(det._embed(det.extractor(cache).extract_paths(
+    queries = to_patches(det.embed(det.extractor(cache).extract_paths(
         [str(index.abs_path(r)) for r in index.split("test")[:16]]).features))
     search_ms = {}
     for k in (ks[0], ks[-1], ks[0], ks[-1]):  # alternate, keep the second round

@@ -204,7 +204,7 @@ def run_product(model: str, train_paths: list[str], test_paths: list[str], label
             det.score_images([im])
         single.append(1000 * (time.perf_counter() - t0) / len(singles))
     peak = peak_rss_bytes()
-    params = det._params()
+    params = det.state_params()
     out = {
         "system": "product",
         "model": model,

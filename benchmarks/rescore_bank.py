@@ -56,11 +56,11 @@ def main() -> None:
     index, cache, train = magnetic_tile_train()
     det = PatchCore(PatchCoreConfig(rescore_ratio=0.0))  # the default features (lite0, 208 px, strides 8 + 16)
     ext = det.extractor(cache)
-    train_patches = to_patches(det._embed(ext.extract_paths(train).features))
+    train_patches = to_patches(det.embed(ext.extract_paths(train).features))
     splits = {}
     for split in ("test", "val_mix"):
         recs = index.split(split)
-        emb = det._embed(ext.extract_paths([str(index.abs_path(r)) for r in recs]).features)
+        emb = det.embed(ext.extract_paths([str(index.abs_path(r)) for r in recs]).features)
         n, c, h, w = emb.shape
         splits[split] = (to_patches(emb).reshape(n, h * w, c), np.array([r.label for r in recs]))
     n_map = coreset_size(len(train_patches), det.cfg.ratio, None)

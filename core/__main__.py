@@ -1,4 +1,4 @@
-"""``python -m core VERB ...``: the command-line face of the engine (see core/cli.py)."""
+"""``python -m core VERB ...``: the command-line face of the engine (see core/cli/)."""
 
 import sys
 

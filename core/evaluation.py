@@ -227,7 +227,7 @@ def run_evaluate(
     ev = evaluate_split(det, index, split, cache=cache, progress=progress)
     timing = timing_probe(det, ev.paths)
     m = dict(ev.metrics)
-    params = det._params()
+    params = det.state_params()
     m.update(
         dataset=str(index.root),
         detector=det.kind,

@@ -757,7 +757,7 @@ def run_fit(report: FuzzReport, cases: list[DatasetCase], models_root: Path, set
     """``core.workbench.fit_model`` on each dataset (the app's fit button)."""
     from core.workbench import FitSettings, fit_model
 
-    settings = settings or FitSettings(image_size=64, ratio=0.05)
+    settings = settings or FitSettings(image_size=64, options={"ratio": 0.05})
     for i, c in enumerate(cases):
         try:
             out = fit_model(c.root, settings, name=f"fuzz-{i}", cache=cache, root=models_root)

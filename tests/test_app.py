@@ -48,7 +48,7 @@ def demo_root():
 @pytest.fixture(scope="session")
 def fitted(models_root, demo_root):
     """A real PatchCore model on the demo (coreset ratio 0.05), fitted once for all page tests."""
-    out = wb.fit_model(demo_root, wb.FitSettings(detector="patchcore", ratio=0.05), name="demo-pc")
+    out = wb.fit_model(demo_root, wb.FitSettings(detector="patchcore", options={"ratio": 0.05}), name="demo-pc")
     assert (out.folder / "config.json").is_file()
     return out.folder
 
@@ -104,7 +104,7 @@ def test_home_shows_demo_and_fits_a_model(models_root, demo_root):
 
 
 def test_rename_and_delete_with_confirmation(models_root, demo_root, fitted):
-    out = wb.fit_model(demo_root, wb.FitSettings(coreset="random", ratio=0.01), name="to-manage")
+    out = wb.fit_model(demo_root, wb.FitSettings(options={"coreset": "random", "ratio": 0.01}), name="to-manage")
     at = _page("app.py").run()
     at.selectbox(key="models_pick").set_value("to-manage").run()
     at.text_input(key="models_newname").set_value("managed")

@@ -24,7 +24,7 @@ def _worker(image_size: int, data: str, cache_root: str, models: str, out: str) 
     results = {}
     for rep in range(2):
         name = f"m{image_size}-{rep}"
-        fit_model(data, FitSettings(image_size=image_size, ratio=0.05), name=name, cache=cache, root=Path(models))
+        fit_model(data, FitSettings(image_size=image_size, options={"ratio": 0.05}), name=name, cache=cache, root=Path(models))
         det = load_model(Path(models) / name)
         test = sorted(str(p) for p in (Path(data) / "test").rglob("*.png"))
         res = det.score_paths(test, cache=cache)

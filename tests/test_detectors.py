@@ -98,12 +98,12 @@ def test_patchcore_map_and_score_match_brute_force(patchcore, data, cache):
     from core.detectors.embedding import to_patches
 
     feats = patchcore.extractor(cache).extract_paths(data[1][:2] + data[0][:1])
-    patches = to_patches(patchcore._embed(feats.features))
+    patches = to_patches(patchcore.embed(feats.features))
     bank = patchcore.bank.astype(np.float64)
     dist = np.sqrt(((patches[:, None, :].astype(np.float64) - bank[None]) ** 2).sum(-1))  # Q x N, exact
     k = patchcore.cfg.map_neighbors
     assert k == 3
-    scores, maps, _ = patchcore._score_embeddings(feats.features)
+    scores, maps, _ = patchcore.score_embeddings(feats.features)
     # faiss computes |q|^2 - 2 q.b + |b|^2 in float32: distances agree to ~1e-3 relative, not to the last digit
     np.testing.assert_allclose(maps.reshape(-1), np.sort(dist, axis=1)[:, :k].mean(axis=1), rtol=2e-3)
     per_image = len(patches) // 3
@@ -112,7 +112,7 @@ def test_patchcore_map_and_score_match_brute_force(patchcore, data, cache):
     # the third image is training image 0: scored "as if unseen", its own bank rows are skipped
     own = patchcore.bank_source[:, 0] == 0
     assert own.any()
-    _, maps_lo, _ = patchcore._score_embeddings({n: f[2:] for n, f in feats.features.items()}, leave_out=np.array([0]))
+    _, maps_lo, _ = patchcore.score_embeddings({n: f[2:] for n, f in feats.features.items()}, leave_out=np.array([0]))
     expected = np.sort(dist[2 * per_image:][:, ~own], axis=1)[:, :k].mean(axis=1)
     np.testing.assert_allclose(maps_lo.reshape(-1), expected, rtol=2e-3)
     assert maps_lo.mean() > maps[2].mean()  # without its own patches the image looks less familiar
@@ -138,14 +138,14 @@ def test_image_score_bank_extends_the_map_bank_and_matches_brute_force(patchcore
     assert plain.extra_bank is None and len(patchcore.extra_bank) > len(patchcore.bank)
     big, source, _ = patchcore._score_bank()
     big = big.astype(np.float64)
-    assert patchcore._params()["image_score_bank_size"] == len(big) == len(source)
+    assert patchcore.state_params()["image_score_bank_size"] == len(big) == len(source)
 
     feats = patchcore.extractor(cache).extract_paths(data[1][-3:] + data[0][:1]).features
-    patches = to_patches(patchcore._embed(feats)).astype(np.float64)
+    patches = to_patches(patchcore.embed(feats)).astype(np.float64)
     n = 4
     per_image = len(patches) // n
-    scores, maps, _ = patchcore._score_embeddings(feats)
-    plain_scores, plain_maps, _ = plain._score_embeddings(feats)
+    scores, maps, _ = patchcore.score_embeddings(feats)
+    plain_scores, plain_maps, _ = plain.score_embeddings(feats)
     np.testing.assert_allclose(maps, plain_maps, rtol=1e-6)  # maps come from the map bank alone
 
     def expected(rows: np.ndarray, keep_small: np.ndarray, keep_big: np.ndarray) -> float:
@@ -165,7 +165,7 @@ def test_image_score_bank_extends_the_map_bank_and_matches_brute_force(patchcore
         np.testing.assert_allclose(scores[i], expected(rows, everything_small, everything_big), rtol=2e-3)
     assert not np.allclose(scores, plain_scores)
     # calibration: training image 0 scored as if unseen, its rows skipped in both banks
-    lo, _, _ = patchcore._score_embeddings({k: v[3:] for k, v in feats.items()}, leave_out=np.array([0]))
+    lo, _, _ = patchcore.score_embeddings({k: v[3:] for k, v in feats.items()}, leave_out=np.array([0]))
     rows = patches[3 * per_image :]
     want = expected(rows, patchcore.bank_source[:, 0] != 0, source[:, 0] != 0)
     np.testing.assert_allclose(lo[0], want, rtol=2e-3)
@@ -199,7 +199,7 @@ def test_fine_layer_weight_is_saved_and_models_without_it_load_unweighted(patchc
     weighted = load_detector(tmp_path / "model")
     assert weighted.cfg.fine_layer_weight == 0.5 and weighted.image_size == 208
     feats = patchcore.extractor().extract_images([read_image(data[1][0])])
-    plain_emb, weighted_emb = patchcore._embed(feats), weighted._embed(feats)
+    plain_emb, weighted_emb = patchcore.embed(feats), weighted.embed(feats)
     fine = feats["blocks.2"].shape[1]
     np.testing.assert_allclose(weighted_emb[:, :fine].numpy(), 0.5 * plain_emb[:, :fine].numpy(), rtol=1e-6)
     np.testing.assert_array_equal(weighted_emb[:, fine:].numpy(), plain_emb[:, fine:].numpy())

@@ -21,7 +21,7 @@ def _models(args, index, out: Path, progress, data):
     """Load the gate and detector from ``out`` when they match the options, else fit them."""
     from core.cascade.gates import load_gate
     from core.cascade.pipeline import fit_models
-    from core.cli import _cache, _detector_from_args
+    from core.cli.options import detector_from_args, feature_cache
     from core.detectors import load_detector
 
     if args.action != "fit" and (out / "gate").is_dir() and (out / "detector").is_dir():
@@ -29,7 +29,7 @@ def _models(args, index, out: Path, progress, data):
         if gate.kind == args.gate and det.kind == args.detector:
             print(f"using the gate and detector in {out}", file=sys.stderr)
             return gate, det
-    gate, det, report = fit_models(index, _detector_from_args(args), _opts(args), out, _cache(args), progress, data)
+    gate, det, report = fit_models(index, detector_from_args(args), _opts(args), out, feature_cache(args), progress, data)
     print(json.dumps({"gate": {k: v for k, v in report["gate"].items() if k != "val_loss_history"},
                       "detector_seconds": report.get("detector", {}).get("total_seconds")}, indent=2, default=str))
     return gate, det
@@ -92,11 +92,11 @@ def cmd_cascade(args: argparse.Namespace) -> int:
 
 def add_cascade_parser(sub) -> None:
     """Register `cascade` on the CLI's sub-parsers (called from core.cli.build_parser)."""
-    from core.cli import _add_detector_options
+    from core.cli.options import add_detector_options
 
     p = sub.add_parser("cascade", help="gate + heatmap cascade: fit, sweep thresholds on val_mix, evaluate on test_mix")
     p.add_argument("action", choices=["fit", "sweep", "evaluate"])
-    _add_detector_options(p)
+    add_detector_options(p)
     p.add_argument("--gate", choices=["supervised", "distance", "stats", "autoencoder"], default="supervised")
     p.add_argument("--out", required=True, help="folder for models, sweep.csv, pareto.csv, summary.csv, histograms")
     p.add_argument("--target-recall-margin", type=float, default=0.02,

@@ -1,4 +1,4 @@
-"""Heatmap detectors (PatchCore, PaDiM) over cached backbone features.
+"""Heatmap detectors (PatchCore, PaDiM) over cached backbone features; ``registry.py`` is the one table of them.
 
 Names are imported on first use (PEP 562), so torch-free submodules (``search``, ``patch_scoring``) can be
 imported without loading torch: the exported bundle's scorer (core/bundle) runs on a machine without it.
@@ -20,38 +20,35 @@ _NAMES = {
     "PatchCore": "core.detectors.patchcore",
     "PatchCoreConfig": "core.detectors.patchcore",
     "SearchConfig": "core.detectors.search",
+    "FormField": "core.detectors.registry",
+    "detector_class": "core.detectors.registry",
+    "detector_kinds": "core.detectors.registry",
+    "make_detector": "core.detectors.registry",
+    "register": "core.detectors.registry",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name == "DETECTORS":
-        from core.detectors.padim import Padim
-        from core.detectors.patchcore import PatchCore
+        from core.detectors.registry import detectors
 
-        return {"patchcore": PatchCore, "padim": Padim}
+        return detectors()
     if name in _NAMES:
         return getattr(importlib.import_module(_NAMES[name]), name)
     raise AttributeError(f"module 'core.detectors' has no attribute {name!r}")
 
 
 def load_detector(folder: str | Path):
-    """Load any saved heatmap detector, dispatching on the kind in its config."""
-    from core.errors import ModelFormatError
-    from core.storage import read_model_config
+    """Load any saved heatmap detector, dispatching on the kind in its config (``core.detectors.registry``)."""
+    from core.detectors.registry import load_detector as load
 
-    detectors = __getattr__("DETECTORS")
-    kind = read_model_config(folder).get("kind")
-    if kind not in detectors:
-        raise ModelFormatError(
-            f"{folder} holds a {kind!r} model; heatmap detectors are {', '.join(detectors)}.",
-            "Load it on the page for that kind of model.",
-        )
-    return detectors[kind].load(folder)
+    return load(folder)
 
 
 __all__ = [
     "DETECTORS",
     "FitReport",
+    "FormField",
     "HeatmapDetector",
     "Padim",
     "PadimConfig",
@@ -60,5 +57,9 @@ __all__ = [
     "ScoreResult",
     "SearchConfig",
     "default_image_size",
+    "detector_class",
+    "detector_kinds",
     "load_detector",
+    "make_detector",
+    "register",
 ]

@@ -1,8 +1,8 @@
 """What every heatmap detector shares: features through the cache, held-out normalisation, scoring of
 paths or decoded images, and the model folder (safetensors + JSON).
 
-A subclass implements the pure model: ``_fit_embeddings`` (learn from normal features) and
-``_score_embeddings`` (raw image scores and patch-level maps), plus its arrays for saving.
+A subclass implements the pure model: ``fit_embeddings`` (learn from normal features) and
+``score_embeddings`` (raw image scores and patch-level maps), plus its arrays for saving.
 """
 
 from __future__ import annotations
@@ -28,20 +28,11 @@ CALIBRATION_CHUNK_PATCHES = 250_000  # finest-layer cells scored per leave-out p
 
 
 def default_image_size(detector: str, backbone: str) -> int:
-    """The input size a detector uses when none is given.
+    """The square input size the registered ``detector`` uses on ``backbone`` for small images (see each class's
+    :meth:`HeatmapDetector.default_input_size`)."""
+    from core.detectors.registry import detector_class
 
-    PatchCore on a CNN: 208 px, chosen on magnetic_tile's val_mix (benchmarks/patchcore_defaults.py, seeds 0-2;
-    image AUROC / pixel AUROC / AUPRO): 224 px 0.966 / 0.832 / 0.720, 208 px 0.982 / 0.841 / 0.716 (the best image
-    and pixel AUROC among settings within 0.005 AUPRO of 224 px; 192 px lost 0.032 AUPRO), and 14 % fewer patches
-    to search. ViTs keep 224, a multiple of their 14-px patch. PaDiM keeps 224 (benchmarks/padim_defaults.py, val_mix,
-    channel draws 0-4, 192 / 208 / 224 / 256 px: image AUROC 0.968 / 0.970 / 0.968 / 0.962, AUPRO 0.727 / 0.733 /
-    0.742 / 0.743; smaller inputs trade AUPRO for pixel AUROC, and image AUROC does not separate from the draw's sd).
-    """
-    from core.backbones import get_backbone_info
-
-    if detector == "patchcore" and get_backbone_info(backbone).kind == "cnn":
-        return 208
-    return 224
+    return detector_class(detector).default_input_size(backbone)
 
 
 @dataclass
@@ -67,12 +58,28 @@ class FitReport:
 
 
 class HeatmapDetector:
-    """Base class: subclasses set ``kind`` and implement the pure model methods."""
+    """Base class of heatmap detectors, and their contract.
+
+    A subclass sets ``kind`` and ``config_class`` (its settings dataclass, whose fields :meth:`from_settings`
+    accepts), and implements the pure model:
+
+    * ``embed(features)``: backbone feature maps -> the patch embedding (N x C x h x w torch tensor);
+    * ``fit_embeddings(features, progress)``: learn from normal images' features; returns seconds per stage;
+    * ``score_embeddings(features, leave_out=None)``: raw image scores (N,), patch maps (N x h x w) and seconds;
+    * ``state_params()`` / ``state_arrays()`` / ``load_state_arrays(arrays)`` and ``from_config(cfg)``: the model
+      folder (JSON-able settings, numpy arrays);
+
+    and may override the class hooks that the CLI and the app read: :meth:`default_input_size`,
+    :meth:`form_fields`, :meth:`add_cli_options` and :meth:`settings_from_cli`. Everything else (features through
+    the cache, scale, calibration, normalisation, scoring of paths or images, save / load) is shared here. The
+    contract is tested for every registered detector in ``tests/test_detector_contract.py``.
+    """
 
     kind: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
     calibration_fraction: float = 0.1
     # True: fit on every image, calibrate on a slice scored with each image left out of the model
-    # (``_score_embeddings(..., leave_out=train indices)``); False: hold the slice out of fitting.
+    # (``score_embeddings(..., leave_out=train indices)``); False: hold the slice out of fitting.
     leave_out_calibration: ClassVar[bool] = False
 
     def __init__(
@@ -102,6 +109,39 @@ class HeatmapDetector:
         self._estimate_memory = True  # off for an outside feature source (use_feature_source)
         self._outside_features = False
         self.fit_notes: list[str] = []  # what the last fit decided beyond the scale, for its report
+
+    # --- class hooks: how the registry, the CLI and the fit form build this detector ------------
+    @classmethod
+    def default_input_size(cls, backbone: str) -> int:
+        """The square input size for small images on ``backbone`` (224 px unless a detector says otherwise)."""
+        return 224
+
+    @classmethod
+    def form_fields(cls) -> tuple:
+        """The detector's own fields on the app's fit form (``core.detectors.registry.FormField``)."""
+        return ()
+
+    @classmethod
+    def add_cli_options(cls, parser: Any) -> None:
+        """Add this detector's own options to an argparse parser (prefixed in their help with its name)."""
+
+    @classmethod
+    def settings_from_cli(cls, args: Any) -> dict[str, Any]:
+        """This detector's own settings (config field -> value) from parsed CLI options."""
+        return {}
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> "HeatmapDetector":
+        """A new detector from ``config_class`` field values; an unknown setting is refused with the choices."""
+        from dataclasses import fields
+
+        from core.errors import WorkbenchError
+
+        names = {f.name for f in fields(cls.config_class)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise WorkbenchError(f"{cls.kind} has no setting {', '.join(unknown)}.", f"Use: {', '.join(sorted(names))}.")
+        return cls(cls.config_class(**settings))
 
     # --- scale ----------------------------------------------------------------------------------
     @property
@@ -154,11 +194,11 @@ class HeatmapDetector:
         self.set_scale(ScaleChoice(int(hw[0]), int(hw[1]), "forced", "the outside feature source's size"))
 
     # --- to implement ---------------------------------------------------------------------------
-    def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
+    def fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
         """Learn from normal features; return seconds per stage."""
         raise NotImplementedError
 
-    def _score_embeddings(
+    def score_embeddings(
         self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """Raw image scores (N,), patch maps (N x h x w) and seconds per stage.
@@ -168,13 +208,10 @@ class HeatmapDetector:
         """
         raise NotImplementedError
 
-    def _params(self) -> dict[str, Any]:
+    def state_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
     def estimate_fit_bytes(self, n_images: int) -> int:
@@ -224,7 +261,7 @@ class HeatmapDetector:
                 + " ".join(shown) + more,
                 "Fix or replace the files named above, or add readable normal images.",
             )
-        seconds.update(self._fit_embeddings(res.features, progress))
+        seconds.update(self.fit_embeddings(res.features, progress))
         self.train_paths = [fit_paths[i] for i in res.ok]
         self.train_fingerprint = fingerprint
         t0 = time.perf_counter()
@@ -262,14 +299,14 @@ class HeatmapDetector:
         scores, maps = [], []
         for s in range(0, len(idx), step):
             part = idx[s : s + step]
-            sc, pm, _ = self._score_embeddings({k: v[part] for k, v in features.items()}, leave_out=part)
+            sc, pm, _ = self.score_embeddings({k: v[part] for k, v in features.items()}, leave_out=part)
             scores.append(sc)
             maps.append(upsample_and_blur(pm, self.input_hw, self.blur_sigma))
         return np.concatenate(scores), np.concatenate(maps)
 
     def default_size(self) -> int:
         """The square size this detector was tuned at (the automatic scale's choice for small images)."""
-        return default_image_size(self.kind, self.backbone)
+        return self.default_input_size(self.backbone)
 
     def pixel_budget(self) -> int:
         """Input pixels the automatic scale may use (see core.detectors.scale)."""
@@ -278,7 +315,7 @@ class HeatmapDetector:
         return DEFAULT_PIXEL_BUDGET
 
     def _finish(self, features: dict[str, np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-        scores, patch_maps, s = self._score_embeddings(features)
+        scores, patch_maps, s = self.score_embeddings(features)
         seconds.update({k: seconds.get(k, 0.0) + v for k, v in s.items()})
         t0 = time.perf_counter()
         maps = upsample_and_blur(patch_maps, self.input_hw, self.blur_sigma)
@@ -356,7 +393,7 @@ class HeatmapDetector:
             "train_fingerprint": self.train_fingerprint,
             "train_paths": self.train_paths,
             "normalisation": self.normalisation.to_dict() if self.normalisation else None,
-            "params": self._params(),
+            "params": self.state_params(),
         }
 
     def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -365,11 +402,25 @@ class HeatmapDetector:
             raise RuntimeError("fit the model before saving it")
         cfg = self.config()
         cfg.update(extra or {})
-        return save_model_folder(folder, self.kind, cfg, self._arrays())
+        return save_model_folder(folder, self.kind, cfg, self.state_arrays())
+
+    def state_params(self) -> dict[str, Any]:
+        """The settings saved in config.json's ``params``: the config dataclass (``self.cfg``) and the layers."""
+        from dataclasses import asdict
+
+        return {**asdict(self.cfg), "layers": list(self.layers)}
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "HeatmapDetector":
-        raise NotImplementedError
+        """An unfitted detector with the settings of a saved config (``params``; fields it does not know are
+        ignored, so a model saved with an older config loads)."""
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls.config_class)}
+        p = {k: v for k, v in cfg["params"].items() if k in names}
+        if "layers" in p:
+            p["layers"] = tuple(p["layers"])
+        return cls(cls.config_class(**p))
 
     @classmethod
     def load(cls, folder: str | Path) -> "HeatmapDetector":
@@ -385,7 +436,7 @@ class HeatmapDetector:
             det.train_fingerprint = cfg.get("train_fingerprint", "")
             det.train_paths = list(cfg.get("train_paths", []))
             det.normalisation = Normalisation.from_dict(cfg["normalisation"])
-            det._load_arrays(arrays)
+            det.load_state_arrays(arrays)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFormatError(f"{folder}: config.json lacks or mistypes {exc}.", "Refit the model.") from exc
         return det

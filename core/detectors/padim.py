@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.detectors.base import HeatmapDetector, default_image_size
+from core.detectors.base import HeatmapDetector
 from core.detectors.embedding import patch_embedding
 from core.errors import WorkbenchError
 from core.progress import ProgressFn
@@ -71,6 +71,23 @@ class Padim(HeatmapDetector):
     """Per-position mean and inverse covariance; map = Mahalanobis distance; image score = map max."""
 
     kind = "padim"
+    config_class = PadimConfig
+
+    @classmethod
+    def form_fields(cls) -> tuple:
+        from core.detectors.registry import FormField
+
+        return (FormField("n_channels", "Random channels per position", "int", 100, minimum=1, maximum=4096, step=1,
+                          help="The paper's 100 of the backbone's channels (lite0's default layers have 152)."),)
+
+    @classmethod
+    def add_cli_options(cls, p) -> None:
+        p.add_argument("--channels", type=int, default=100,
+                       help="PaDiM: random feature channels per position (lite0 has 152; all of them: 152)")
+
+    @classmethod
+    def settings_from_cli(cls, args) -> dict[str, Any]:
+        return {"n_channels": args.channels}
 
     def __init__(self, config: PadimConfig = PadimConfig()) -> None:
         if config.n_channels < 1:
@@ -78,7 +95,7 @@ class Padim(HeatmapDetector):
                                  "Use the default (100) or up to the layers' total (152 on lite0's default layers).")
         auto = not config.image_size
         if auto:
-            config = replace(config, image_size=default_image_size("padim", config.backbone))
+            config = replace(config, image_size=self.default_input_size(config.backbone))
         self.cfg = config
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed,
                          auto_scale=auto)
@@ -87,16 +104,16 @@ class Padim(HeatmapDetector):
         self.inv_cov: np.ndarray | None = None  # P x d x d
         self.grid: tuple[int, int] = (0, 0)
 
-    def _embed(self, features: dict[str, np.ndarray]) -> torch.Tensor:
+    def embed(self, features: dict[str, np.ndarray]) -> torch.Tensor:
         return patch_embedding(features, self.layers, neighbourhood=1, channels=self.channels)
 
-    def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
+    def fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
         t0 = time.perf_counter()
         total = sum(int(features[name].shape[1]) for name in self.layers)
         d = min(self.cfg.n_channels, total)
         rng = np.random.default_rng(self.seed)
         self.channels = np.sort(rng.choice(total, size=d, replace=False)).astype(np.int64)
-        emb = self._embed(features)  # N x d x H x W
+        emb = self.embed(features)  # N x d x H x W
         n, d, h, w = emb.shape
         self.grid = (h, w)
         x = emb.permute(2, 3, 0, 1).reshape(h * w, n, d)  # P x N x d: a view of the channels-last embedding
@@ -107,12 +124,12 @@ class Padim(HeatmapDetector):
         progress("padim statistics", 2, 2)
         return {"gaussian": time.perf_counter() - t0}
 
-    def _score_embeddings(
+    def score_embeddings(
         self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         assert self.mean is not None and self.inv_cov is not None, "fit or load the model first"
         t0 = time.perf_counter()
-        emb = self._embed(features)
+        emb = self.embed(features)
         n, d, h, w = emb.shape
         # P x N x d, contiguous: torch.bmm on a strided view measured 11 ms/image vs 0.5 (batch 16, 2 cores)
         delta = emb.permute(2, 3, 0, 1).reshape(h * w, n, d) - torch.from_numpy(self.mean)[:, None, :]
@@ -131,16 +148,16 @@ class Padim(HeatmapDetector):
         # the float32 embedding, one float64 chunk of gaussian_statistics, the float64 inverses and their float32 copy
         return 4 * p * n_images * d + 8 * 64 * n_images * d + 12 * p * d * d
 
-    def _params(self) -> dict[str, Any]:
+    def state_params(self) -> dict[str, Any]:
         d = asdict(self.cfg)
         d["layers"] = list(self.layers)
         d["grid"] = list(self.grid)
         return d
 
-    def _arrays(self) -> dict[str, np.ndarray]:
+    def state_arrays(self) -> dict[str, np.ndarray]:
         return {"channels": self.channels, "mean": self.mean, "inv_cov": self.inv_cov}
 
-    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.channels = arrays["channels"].astype(np.int64)
         self.mean = arrays["mean"].astype(np.float32)
         self.inv_cov = arrays["inv_cov"].astype(np.float32)

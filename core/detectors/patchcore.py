@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.detectors.base import HeatmapDetector, default_image_size
+from core.detectors.base import HeatmapDetector
 from core.detectors.coreset import coreset_size, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
 from core.detectors.patch_scoring import PatchScoring, score_patches
@@ -77,6 +77,7 @@ class PatchCore(HeatmapDetector):
     """Fit on normal images; score = distance of the most anomalous patch to the memory bank."""
 
     kind = "patchcore"
+    config_class = PatchCoreConfig
     # Bank rows remember their source image, so a training image can be scored as if unseen: the bank is
     # built from every image (held-out calibration cost ~0.01 image AUROC on magnetic_tile: 0.950 vs 0.959).
     leave_out_calibration = True
@@ -88,7 +89,7 @@ class PatchCore(HeatmapDetector):
     def __init__(self, config: PatchCoreConfig = PatchCoreConfig()) -> None:
         auto = not config.image_size
         if auto:
-            config = replace(config, image_size=default_image_size("patchcore", config.backbone))
+            config = replace(config, image_size=self.default_input_size(config.backbone))
         self.cfg = config
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed,
                          auto_scale=auto)
@@ -103,13 +104,66 @@ class PatchCore(HeatmapDetector):
         self.index: MemoryBankIndex | None = None
         self.coreset_seconds = 0.0
 
+    # --- class hooks (registry, CLI, fit form) ---------------------------------------------------
+    @classmethod
+    def default_input_size(cls, backbone: str) -> int:
+        """208 px on CNNs (chosen on magnetic_tile's val_mix by benchmarks/patchcore_defaults.py: image and pixel
+        AUROC at AUPRO within noise of 224 px, fewer patches to search); 224 on ViTs (a multiple of 14)."""
+        from core.backbones import get_backbone_info
+
+        return 208 if get_backbone_info(backbone).kind == "cnn" else 224
+
+    @classmethod
+    def form_fields(cls) -> tuple:
+        from core.detectors.coreset import METHODS
+        from core.detectors.registry import FormField
+
+        return (
+            FormField("coreset", "Coreset method", "choice", "greedy", ("greedy", *[m for m in METHODS if m != "greedy"]),
+                      help="greedy: k-center greedy (paper); random; variance-weighted greedy."),
+            FormField("ratio", "Coreset ratio", "float", 0.01, minimum=0.001, maximum=1.0, step=0.005,
+                      help="Share of all training patches kept."),
+        )
+
+    @classmethod
+    def add_cli_options(cls, p) -> None:
+        p.add_argument("--pixel-budget", type=float, default=0.0,
+                       help="PatchCore's automatic scale: megapixels an input may keep before it is scaled down "
+                            "(default 0: 0.41 MP, a 640 x 640 image; raise it to score larger images at their own size)")
+        p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy", help="PatchCore")
+        p.add_argument("--ratio", type=float, default=0.01, help="PatchCore: coreset size as a share of all patches")
+        p.add_argument("--coreset-size", type=int, default=None,
+                       help="PatchCore: absolute coreset size (overrides --ratio)")
+        p.add_argument("--rescore-ratio", type=float, default=0.05,
+                       help="PatchCore: the image score's bank, the same greedy run continued to this share of "
+                            "patches (<= --ratio: one bank, as in the paper)")
+        p.add_argument("--rescore-patches", type=int, default=8,
+                       help="PatchCore: patches per image re-measured against the image score's bank")
+        p.add_argument("--num-neighbors", type=int, default=9,
+                       help="PatchCore: bank neighbours for the score reweighting")
+        p.add_argument("--map-neighbors", type=int, default=3,
+                       help="PatchCore: nearest bank patches averaged into each map cell (1 = the paper's map)")
+        p.add_argument("--fine-layer-weight", type=float, default=1.0,
+                       help="PatchCore: scale of the stride-8 features in patch distances (<1 favours image-level "
+                            "detection and pixel AUROC, >1 small defects and AUPRO)")
+        p.add_argument("--index", choices=["flat", "ivfpq"], default="flat", help="PatchCore: faiss index")
+        p.add_argument("--nprobe", type=int, default=8, help="PatchCore: IVF lists searched (--index ivfpq)")
+
+    @classmethod
+    def settings_from_cli(cls, args) -> dict[str, Any]:
+        return {"pixel_budget": int(args.pixel_budget * 1e6), "coreset": args.coreset, "ratio": args.ratio,
+                "coreset_size": args.coreset_size, "rescore_ratio": args.rescore_ratio,
+                "rescore_patches": args.rescore_patches, "num_neighbors": args.num_neighbors,
+                "map_neighbors": args.map_neighbors, "fine_layer_weight": args.fine_layer_weight,
+                "index": SearchConfig(kind=args.index, nprobe=args.nprobe)}
+
     def pixel_budget(self) -> int:
         return self.cfg.pixel_budget or DEFAULT_PIXEL_BUDGET
 
     def _on_scale_change(self) -> None:
         self.cfg = replace(self.cfg, image_size=self.image_size)
 
-    def _embed(self, features: dict[str, np.ndarray]) -> torch.Tensor:
+    def embed(self, features: dict[str, np.ndarray]) -> torch.Tensor:
         return patch_embedding(features, self.layers, self.cfg.neighbourhood, fine_weight=self.cfg.fine_layer_weight)
 
     def estimate_fit_bytes(self, n_images: int) -> int:
@@ -130,7 +184,7 @@ class PatchCore(HeatmapDetector):
         patches = variance = None
         step = 32
         for s in range(0, n, step):
-            emb = self._embed({k: v[s : s + step] for k, v in features.items()})
+            emb = self.embed({k: v[s : s + step] for k, v in features.items()})
             _, c, h, w = emb.shape
             if patches is None:
                 patches = np.empty((n * h * w, c), np.float32)
@@ -147,7 +201,7 @@ class PatchCore(HeatmapDetector):
             return min(channels, self.cfg.projection_dim)
         return channels if channels <= 256 else 128
 
-    def _fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
+    def fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
         patches, variance, (h, w) = self._fit_patches(features)
         self.grid = (h, w)
         if self.scale.mode in ("native", "capped") and self.cfg.rescore_ratio > self.cfg.ratio:
@@ -197,11 +251,11 @@ class PatchCore(HeatmapDetector):
     def _scoring(self) -> PatchScoring:
         return PatchScoring(self.cfg.map_neighbors, self.cfg.rescore_patches, self.cfg.num_neighbors)
 
-    def _score_embeddings(
+    def score_embeddings(
         self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         assert self.index is not None and self.bank is not None, "fit or load the model first"
-        emb = self._embed(features)
+        emb = self.embed(features)
         n, _, h, w = emb.shape
         patches = to_patches(emb)
         t0 = time.perf_counter()
@@ -257,7 +311,7 @@ class PatchCore(HeatmapDetector):
 
     def nearest_patch(self, features_of_one: dict[str, np.ndarray]) -> dict[str, Any]:
         """Where the most anomalous patch of one image is, and the bank patch nearest to it (for the app)."""
-        emb = self._embed(features_of_one)
+        emb = self.embed(features_of_one)
         _, _, h, w = emb.shape
         patches = to_patches(emb)
         d2, nn = self.index.search(patches, 1)
@@ -271,7 +325,7 @@ class PatchCore(HeatmapDetector):
             "train_cell": (int(src[1]), int(src[2])),
         }
 
-    def _params(self) -> dict[str, Any]:
+    def state_params(self) -> dict[str, Any]:
         d = asdict(self.cfg)
         d["layers"] = list(self.layers)
         d["grid"] = list(self.grid)
@@ -280,13 +334,13 @@ class PatchCore(HeatmapDetector):
         d["coreset_seconds"] = self.coreset_seconds
         return d
 
-    def _arrays(self) -> dict[str, np.ndarray]:
+    def state_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"bank": self.bank, "bank_source": self.bank_source}
         if self.extra_bank is not None and len(self.extra_bank):
             arrays.update(extra_bank=self.extra_bank, extra_source=self.extra_source)
         return arrays
 
-    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.bank = np.ascontiguousarray(arrays["bank"], dtype=np.float32)
         self.bank_source = arrays["bank_source"]
         self.extra_bank, self.extra_source = None, None

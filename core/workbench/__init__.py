@@ -79,7 +79,6 @@ from core.workbench.image_uploads import (
     upload_overlay,
 )
 from core.workbench.models import (
-    DETECTOR_KINDS,
     FitOutcome,
     FitProgress,
     FitSettings,
@@ -89,6 +88,9 @@ from core.workbench.models import (
     coreset_methods,
     default_model_name,
     delete_model,
+    detector_form,
+    detector_kinds,
+    explains_patches,
     fit_model,
     fit_summary,
     image_size_choices,
@@ -133,8 +135,8 @@ __all__ = [
     "MAX_UNZIPPED_BYTES", "MAX_ZIP_BYTES", "MAX_ZIP_MEMBERS", "UPLOADS_DIR", "extract_zip",
     "touch_upload", "uploads_bytes",
     # models
-    "DETECTOR_KINDS", "FitOutcome", "FitProgress", "FitSettings", "ModelInfo", "backbone_choices",
-    "check_model_name", "coreset_methods", "default_model_name", "delete_model", "fit_model", "fit_summary",
+    "FitOutcome", "FitProgress", "FitSettings", "ModelInfo", "backbone_choices",
+    "check_model_name", "coreset_methods", "default_model_name", "delete_model", "detector_form", "detector_kinds", "explains_patches", "fit_model", "fit_summary",
     "image_size_choices",
     "list_models", "load_model", "model_info", "models_dir", "rename_model", "resolve_model", "save_threshold",
     "threshold_origin",

@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +20,6 @@ import numpy as np
 from core.errors import DatasetError, ModelFormatError, WorkbenchError
 from core.paths import models_dir, short
 
-DETECTOR_KINDS = ("patchcore", "padim")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
@@ -58,35 +57,49 @@ def image_size_choices(backbone: str, detector: str = "patchcore") -> list[int]:
 
 @dataclass
 class FitSettings:
-    """What the home page's fit form collects."""
+    """What the home page's fit form collects: the settings every detector shares, and the detector's own form
+    fields (``options``: config field -> value, see ``HeatmapDetector.form_fields``)."""
 
     detector: str = "patchcore"
     backbone: str = "tf_efficientnet_lite0"
     image_size: int = 0  # 0: the detector chooses its scale from the training images (core.detectors.scale)
-    coreset: str = "greedy"
-    ratio: float = 0.01
     seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
     def build(self):
-        from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig
+        """The unfitted detector (the registry's class for ``detector``); bad values get a message."""
+        from core.detectors.registry import detector_class
 
-        if self.detector == "padim":
-            return Padim(PadimConfig(backbone=self.backbone, image_size=int(self.image_size), seed=int(self.seed)))
-        if self.detector != "patchcore":
-            raise WorkbenchError(f"Unknown detector {self.detector!r}.", f"Choose one of: {', '.join(DETECTOR_KINDS)}.")
-        if not 0 < float(self.ratio) <= 1:
-            raise WorkbenchError(
-                f"The coreset ratio {self.ratio} is outside (0, 1].", "Give a share of the patches, e.g. 0.01 (1 %)."
-            )
-        return PatchCore(
-            PatchCoreConfig(
-                backbone=self.backbone,
-                image_size=int(self.image_size),
-                coreset=self.coreset,
-                ratio=float(self.ratio),
-                seed=int(self.seed),
-            )
-        )
+        cls = detector_class(self.detector)
+        for f in cls.form_fields():
+            value = self.options.get(f.name, f.default)
+            if f.kind in ("int", "float") and not (
+                    (f.minimum is None or value >= f.minimum) and (f.maximum is None or value <= f.maximum)):
+                raise WorkbenchError(f"{f.label} {value} is outside [{f.minimum}, {f.maximum}].",
+                                     f"Give a value in that range (default {f.default}).")
+        return cls.from_settings(backbone=self.backbone, image_size=int(self.image_size), seed=int(self.seed),
+                                 **self.options)
+
+
+def detector_kinds() -> list[str]:
+    """The detectors the fit form offers (the registry's, in its order)."""
+    from core.detectors.registry import detector_kinds as kinds
+
+    return kinds()
+
+
+def detector_form(kind: str) -> tuple:
+    """The fit-form fields of ``kind`` (``core.detectors.registry.FormField``)."""
+    from core.detectors.registry import detector_class
+
+    return detector_class(kind).form_fields()
+
+
+def explains_patches(kind: str) -> bool:
+    """Whether a detector can show its most anomalous patch beside the nearest normal one (PatchCore)."""
+    from core.detectors.registry import detector_class
+
+    return hasattr(detector_class(kind), "nearest_patch")
 
 
 # Engine stage names -> the stage a user sees. Scoring during a fit is the calibration on held-out normals.
@@ -204,9 +217,12 @@ def fit_summary(rep: dict[str, Any]) -> str:
     """One sentence on what a fit used: how many images built the model and how the threshold was calibrated."""
     n_fit, n_cal = int(rep.get("n_fit_images", 0)), int(rep.get("n_calibration_images", 0))
     if rep.get("calibration") == "left out":
-        return (f"fitted on all {n_fit} training images; threshold calibrated on {n_cal} of them, each scored with "
+        text = (f"fitted on all {n_fit} training images; threshold calibrated on {n_cal} of them, each scored with "
                 "its own patches left out of the model")
-    return f"fitted on {n_fit} training images; threshold calibrated on {n_cal} other normal images held out"
+    else:
+        text = f"fitted on {n_fit} training images; threshold calibrated on {n_cal} other normal images held out"
+    scale = _scale_text({"scale": rep["scale"]}) if rep.get("scale") else ""
+    return f"{text}; {scale}" if scale else text
 
 
 def _fit_error_with_files(exc: DatasetError, root: Path) -> DatasetError:

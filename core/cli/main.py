@@ -1,4 +1,4 @@
-"""The CLI: one verb per thing a user does in the app. Errors a user can fix print one clear line (exit 2)."""
+"""The CLI's verbs: one per thing a user does in the app. Errors a user can fix print one clear line (exit 2)."""
 
 from __future__ import annotations
 
@@ -9,68 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from core.cli.options import add_detector_options, detector_from_args, feature_cache
 from core.errors import WorkbenchError
-
-
-def _detector_from_args(args: argparse.Namespace):
-    from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig, SearchConfig
-
-    layers = tuple(args.layers.split(",")) if args.layers else ()
-    if args.detector == "padim":
-        return Padim(PadimConfig(backbone=args.backbone, layers=layers, image_size=args.image_size,
-                                 n_channels=args.channels, seed=args.seed))
-    return PatchCore(
-        PatchCoreConfig(
-            backbone=args.backbone,
-            layers=layers,
-            image_size=args.image_size,
-            pixel_budget=int(args.pixel_budget * 1e6),
-            coreset=args.coreset,
-            ratio=args.ratio,
-            coreset_size=args.coreset_size,
-            rescore_ratio=args.rescore_ratio,
-            rescore_patches=args.rescore_patches,
-            num_neighbors=args.num_neighbors,
-            map_neighbors=args.map_neighbors,
-            fine_layer_weight=args.fine_layer_weight,
-            index=SearchConfig(kind=args.index, nprobe=args.nprobe),
-            seed=args.seed,
-        )
-    )
-
-
-def _add_detector_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="dataset folder, or a name under the data roots ('demo' = built-in demo)")
-    p.add_argument("--detector", choices=["patchcore", "padim"], default="patchcore")
-    p.add_argument("--backbone", default="tf_efficientnet_lite0")
-    p.add_argument("--layers", default="", help="comma-separated module names (default: the backbone's)")
-    p.add_argument("--image-size", type=int, default=0,
-                   help="square input size in px (default 0: PatchCore chooses its scale from the training images, "
-                        "208 px for small ones, else their own size up to a pixel budget with the aspect ratio "
-                        "kept; PaDiM uses 224)")
-    p.add_argument("--pixel-budget", type=float, default=0.0,
-                   help="PatchCore's automatic scale: megapixels an input may keep before it is scaled down "
-                        "(default 0: 0.41 MP, a 640 x 640 image; raise it to score larger images at their own size)")
-    p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy")
-    p.add_argument("--ratio", type=float, default=0.01, help="coreset size as a share of all patches")
-    p.add_argument("--coreset-size", type=int, default=None, help="absolute coreset size (overrides --ratio)")
-    p.add_argument("--rescore-ratio", type=float, default=0.05,
-                   help="PatchCore: the image score's bank, the same greedy run continued to this share of patches "
-                        "(<= --ratio: one bank, as in the paper)")
-    p.add_argument("--rescore-patches", type=int, default=8,
-                   help="PatchCore: patches per image re-measured against the image score's bank")
-    p.add_argument("--num-neighbors", type=int, default=9, help="bank neighbours for the score reweighting")
-    p.add_argument("--map-neighbors", type=int, default=3,
-                   help="nearest bank patches averaged into each map cell (1 = the paper's nearest-neighbour map)")
-    p.add_argument("--fine-layer-weight", type=float, default=1.0,
-                   help="PatchCore: scale of the stride-8 features in patch distances (<1 favours image-level "
-                        "detection and pixel AUROC, >1 small defects and AUPRO)")
-    p.add_argument("--channels", type=int, default=100,
-                   help="PaDiM: random feature channels per position (lite0 has 152; all of them: 152)")
-    p.add_argument("--index", choices=["flat", "ivfpq"], default="flat")
-    p.add_argument("--nprobe", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
@@ -112,12 +52,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cache(args):
-    from core.features import FeatureCache
-
-    return None if args.no_cache else FeatureCache()
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     from core.config import set_threads
     from core.data import index_dataset
@@ -128,9 +62,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     set_threads()
     index = index_dataset(resolve_dataset(args.dataset))
     check_can_fit(index)
-    det = _detector_from_args(args)
+    det = detector_from_args(args)
     paths = [str(index.abs_path(r)) for r in index.split("train_normal")]
-    report = det.fit(paths, cache=_cache(args), progress=TqdmProgress(), fingerprint=index.fingerprint("train_normal"))
+    report = det.fit(paths, cache=feature_cache(args), progress=TqdmProgress(), fingerprint=index.fingerprint("train_normal"))
     for path, msg in report.skipped.items():
         print(f"skipped: {msg}", file=sys.stderr)
     det.save(args.out, extra={"dataset": str(index.root), "fit_report": report.to_dict()})
@@ -153,8 +87,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.progress import TqdmProgress
 
     set_threads()
-    det = _detector_from_args(args)
-    m = run_evaluate(resolve_dataset(args.dataset), det, args.out, split=args.split, cache=_cache(args), progress=TqdmProgress())
+    det = detector_from_args(args)
+    m = run_evaluate(resolve_dataset(args.dataset), det, args.out, split=args.split, cache=feature_cache(args), progress=TqdmProgress())
     keys = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_ap", "f1_max", "fit_seconds", "ms_per_image",
             "memory_bank_size", "image_score_bank_size"]
     print(json.dumps({k: m.get(k) for k in keys}, indent=2))
@@ -388,12 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("fit", help="fit a heatmap detector on a dataset's normal training images")
-    _add_detector_options(p)
+    add_detector_options(p)
     p.add_argument("--out", required=True, help="model folder to write")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("evaluate", help="fit on train/good, measure on a split, write metrics.json + scores.csv")
-    _add_detector_options(p)
+    add_detector_options(p)
     p.add_argument("--split", default="test", help="'test' (MVTec protocol: all of test/) or test_mix / val_mix")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
