@@ -27,3 +27,41 @@ def tmp_cache(tmp_path):
     from core.features import FeatureCache
 
     return FeatureCache(root=tmp_path / "features")
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    old = os.environ.get("WORKBENCH_MODELS_DIR")
+    os.environ["WORKBENCH_MODELS_DIR"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("WORKBENCH_MODELS_DIR", None)
+    else:
+        os.environ["WORKBENCH_MODELS_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def demo_root():
+    from core.data import ensure_demo
+
+    return ensure_demo()
+
+
+@pytest.fixture(scope="session")
+def fitted(models_root, demo_root):
+    """A real PatchCore model on the demo (coreset ratio 0.05), fitted once for all page tests."""
+    from core import workbench as wb
+
+    out = wb.fit_model(demo_root, wb.FitSettings(detector="patchcore", options={"ratio": 0.05}), name="demo-pc")
+    assert (out.folder / "config.json").is_file()
+    return out.folder
+
+
+@pytest.fixture(scope="session")
+def hub_offline():
+    """For tests of the offline path: skipped where the timm hub is reachable (there the fallback would download)."""
+    from core.backbones import registry
+
+    if registry.hub_reachable():
+        pytest.skip("the timm hub is reachable: this test checks the offline path")

@@ -7,50 +7,18 @@ upload test replaces ``st.file_uploader`` (only the browser's file picker) with 
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import workbench as wb
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from core import workbench as wb  # noqa: E402
 
 TIMEOUT = 180
-
-
-@pytest.fixture(scope="session")
-def models_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    old = os.environ.get("WORKBENCH_MODELS_DIR")
-    os.environ["WORKBENCH_MODELS_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("WORKBENCH_MODELS_DIR", None)
-    else:
-        os.environ["WORKBENCH_MODELS_DIR"] = old
-
-
-@pytest.fixture(scope="session")
-def demo_root():
-    from core.data import ensure_demo
-
-    return ensure_demo()
-
-
-@pytest.fixture(scope="session")
-def fitted(models_root, demo_root):
-    """A real PatchCore model on the demo (coreset ratio 0.05), fitted once for all page tests."""
-    out = wb.fit_model(demo_root, wb.FitSettings(detector="patchcore", options={"ratio": 0.05}), name="demo-pc")
-    assert (out.folder / "config.json").is_file()
-    return out.folder
 
 
 def _page(path: str, model_dir: Path | None = None) -> AppTest:

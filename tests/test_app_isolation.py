@@ -13,10 +13,10 @@ import pytest
 
 from core import workbench as wb
 from core.errors import DatasetError
-from tests.test_app import _errors, _matrix, _no_exceptions, _page, demo_root, fitted, models_root  # noqa: F401
+from tests.test_app import _matrix, _no_exceptions, _page
 
 
-def test_two_sessions_keep_separate_thresholds(fitted):  # noqa: F811
+def test_two_sessions_keep_separate_thresholds(fitted):
     a = _page("app_pages/3_Thresholds.py", fitted).run()
     b = _page("app_pages/3_Thresholds.py", fitted).run()
     _no_exceptions(a)
@@ -31,7 +31,7 @@ def test_two_sessions_keep_separate_thresholds(fitted):  # noqa: F811
     assert b.number_input(key="th_number").value == pytest.approx(wb.model_info(fitted).threshold)
 
 
-def test_data_roots_are_enforced(tmp_path, monkeypatch, demo_root):  # noqa: F811
+def test_data_roots_are_enforced(tmp_path, monkeypatch, demo_root):
     import core.data.locate as locate
 
     root = tmp_path / "roots"
@@ -54,7 +54,7 @@ def test_data_roots_are_enforced(tmp_path, monkeypatch, demo_root):  # noqa: F81
         wb.dataset_splits("/etc")
 
 
-def test_model_pointing_outside_the_roots_is_not_followed(fitted, models_root, tmp_path):  # noqa: F811
+def test_model_pointing_outside_the_roots_is_not_followed(fitted, models_root, tmp_path):
     """A model folder made elsewhere names the dataset it was fitted on; the pages must not read that folder."""
     foreign = models_root / "foreign-dataset"
     shutil.copytree(fitted, foreign)
@@ -70,7 +70,7 @@ def test_model_pointing_outside_the_roots_is_not_followed(fitted, models_root, t
     assert str(elsewhere) not in " ".join(str(df.value) for df in at.dataframe)
 
 
-def test_model_list_skips_the_gain_models_folder(fitted, tmp_path):  # noqa: F811
+def test_model_list_skips_the_gain_models_folder(fitted, tmp_path):
     """``<models>/gain/`` holds GAIN-MTL models (the CAM page's); the heatmap model list must not show it as a
     broken model."""
     root = tmp_path / "models"

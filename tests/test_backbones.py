@@ -14,9 +14,10 @@ from core.backbones import (
     get_backbone_info,
     list_backbones,
     load_backbone,
+    registry,
+    verify,
     weights_file,
 )
-from core.backbones import registry, verify
 from core.errors import BackboneUnavailableError, WorkbenchError
 
 CNNS = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"]
@@ -269,8 +270,7 @@ def test_unknown_name_gives_helpful_error():
         get_backbone_info("not_a_real_backbone_xyz")
 
 
-@pytest.mark.skipif(registry.hub_reachable(), reason="the timm hub is reachable: the fallback would download")
-def test_timm_only_name_without_hub_fails_fast():
+def test_timm_only_name_without_hub_fails_fast(hub_offline):
     info = get_backbone_info("resnet18")  # timm knows it, no package ships it
     assert info.source_package == "timm hub" and info.kind == "cnn"
     t0 = time.perf_counter()
@@ -281,8 +281,7 @@ def test_timm_only_name_without_hub_fails_fast():
     assert "mobilenetv2_100" in exc.value.fix
 
 
-@pytest.mark.skipif(registry.hub_reachable(), reason="the timm hub is reachable: the fallback would download")
-def test_missing_package_names_the_pip_install(tmp_path, monkeypatch):
+def test_missing_package_names_the_pip_install(hub_offline, tmp_path, monkeypatch):
     monkeypatch.setattr(config, "WEIGHTS_CACHE_DIR", tmp_path / "weights")  # nothing cached
     src = registry._SOURCES["tf_efficientnet_lite0"]
     monkeypatch.setitem(registry._SOURCES, "tf_efficientnet_lite0",

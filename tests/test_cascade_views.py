@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from core import workbench as wb
-from tests.test_app import _errors, _no_exceptions, _page, demo_root, fitted, models_root  # noqa: F401
+from tests.test_app import _errors, _no_exceptions, _page
 from ui.charts import selected_band
 
 
 @pytest.fixture(scope="module")
-def gated(fitted, tmp_path_factory):  # noqa: F811
+def gated(fitted, tmp_path_factory):
     model = tmp_path_factory.mktemp("gated") / "model"
     shutil.copytree(fitted, model)
     wb.fit_gate(model, "stats")

@@ -11,19 +11,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from core.errors import WorkbenchError  # noqa: E402
-from core.experiments import STUDIES  # noqa: E402
-from core.metrics.shift import mmd_test  # noqa: E402
+from core.errors import WorkbenchError
+from core.experiments import STUDIES
+from core.metrics.shift import mmd_test
 
 FILES = ("results.csv", "results.json", "results.md", "figure.json", "figures.html")
 UNIT_KEYS = ("image_auroc", "pixel_auroc", "aupro", "val_auroc", "recall_at_1", "flag_rate", "flag_rate_normal",

@@ -7,7 +7,6 @@ Nothing about the model is mocked: the networks are the real pretrained backbone
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from core.errors import ModelFormatError, WorkbenchError  # noqa: E402
-from core.gain.config import STRATEGIES, STRATEGY_NAMES, GainConfig  # noqa: E402
-from core.gain.losses import Batch, compute_losses, fusion_weight, loc_weight_factor  # noqa: E402
-from core.metrics import cam as cm  # noqa: E402
+from core.errors import ModelFormatError, WorkbenchError
+from core.gain.config import STRATEGIES, STRATEGY_NAMES, GainConfig
+from core.gain.losses import Batch, compute_losses, fusion_weight, loc_weight_factor
+from core.metrics import cam as cm
 
 SIZE = 64
 LIMIT = 3  # images per class and split

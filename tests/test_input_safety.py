@@ -26,7 +26,7 @@ from core import workbench as wb
 from core.errors import WorkbenchError
 from core.experiments import service as ex
 from tests.app_harness import page_with_uploads
-from tests.test_app import TIMEOUT, _errors, _no_exceptions, _page, demo_root, fitted, models_root  # noqa: F401
+from tests.test_app import TIMEOUT, _errors, _no_exceptions, _page
 
 ROOT = Path(__file__).resolve().parent.parent
 

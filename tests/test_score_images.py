@@ -20,11 +20,11 @@ from core import workbench as wb
 from core.detectors import PatchCore
 from core.errors import WorkbenchError
 from tests.app_harness import score_page_with_uploads
-from tests.test_app import TIMEOUT, _errors, _no_exceptions, demo_root, fitted, models_root  # noqa: F401
+from tests.test_app import TIMEOUT, _errors, _no_exceptions
 
 
 @pytest.fixture(scope="module")
-def gated(fitted, tmp_path_factory):  # noqa: F811
+def gated(fitted, tmp_path_factory):
     model = tmp_path_factory.mktemp("routed") / "model"
     shutil.copytree(fitted, model)
     shutil.rmtree(wb.cascade_dir(model), ignore_errors=True)
@@ -37,7 +37,7 @@ def gated(fitted, tmp_path_factory):  # noqa: F811
     return model
 
 
-def _demo_files(demo_root, n=12):  # noqa: F811
+def _demo_files(demo_root, n=12):
     picks = sorted(demo_root.glob("test/*/*.png"))[:: max(1, len(sorted(demo_root.glob("test/*/*.png"))) // n)][:n]
     return [(p.name, p.read_bytes()) for p in picks]
 
