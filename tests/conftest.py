@@ -65,3 +65,18 @@ def hub_offline():
 
     if registry.hub_reachable():
         pytest.skip("the timm hub is reachable: this test checks the offline path")
+
+
+# Modules that fit on real data, train, start processes or a browser: `make test-fast` (-m "not slow") leaves them
+# out. Everything else (unit tests, the demo data, the layering checks) runs in about a minute and a half.
+SLOW_MODULES = {
+    "test_app", "test_app_isolation", "test_browser", "test_bundle", "test_cascade", "test_cascade_views",
+    "test_concurrency", "test_detector_contract", "test_detectors", "test_experiments", "test_faults", "test_gain",
+    "test_gain_jobs", "test_highres", "test_input_safety", "test_scale", "test_score_images",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
