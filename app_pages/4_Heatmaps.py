@@ -21,6 +21,7 @@ from ui import (
     splits_of,
     working_threshold,
 )
+from ui.review import review_controls
 
 setup("Heatmaps", "🔥")
 
@@ -109,6 +110,7 @@ def main() -> None:
     a.image(read_image(res.paths[i]), caption=f"{res.rel_paths[i]} ({res.defects[i]})")
     b.image(wb.overlay_image(res.paths[i], detail.raw_map, norm, res.masks[i], float(pix)), caption="overlay")
     c.image(wb.heat_only(detail.raw_map, norm), caption="anomaly map (fixed scale)")
+    review_controls(folder, Path(res.rel_paths[i]).name, Path(res.paths[i]).read_bytes(), outs[i], "hm_rv")
     if wb.explains_patches(info.kind):
         st.subheader("Why: the most anomalous patch and its nearest normal patch")
         try:

@@ -9,12 +9,14 @@ A bad file (corrupt, text renamed .png, too large, too small, blank) gets an err
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core import workbench as wb
 from ui import guarded, model, model_badge, progress_sink, require_model, setup, show_error, working_threshold
+from ui.review import review_controls
 
 setup("Score images", "🖼️")
 
@@ -110,6 +112,14 @@ def show_results(folder, info, results: list[wb.UploadResult], context: dict, th
     c2.download_button("Download thresholds (JSON)", wb.thresholds_json(info, thr, cascade),
                        file_name=f"{info.name}-thresholds.json", mime="application/json", key="si_thresholds",
                        help="`python -m core score MODEL IMAGES --thresholds FILE` scores with these thresholds.")
+    reviewable = [r for r in results if r.ok and r.image is not None]
+    if reviewable:
+        names = [r.name for r in reviewable]
+        pick = st.selectbox("Review one image", names, key="si_rv_pick",
+                            format_func=lambda n: f"{n} · {next(r.decision for r in reviewable if r.name == n)}")
+        r = next(r for r in reviewable if r.name == pick)
+        review_controls(folder, Path(r.name).name, wb.png_bytes(r.image),
+                        "FP" if r.decision == "anomalous" else "FN", "si_rv")
     drawn = [r for r in results if r.ok and r.raw_map is not None and r.image is not None]
     if not drawn:
         return

@@ -52,3 +52,23 @@ def test_every_prefix_of_a_longer_selection_is_the_shorter_selection(method):
         assert long[: len(short)].max() > len(x) // 2 and long[: len(short)].min() < len(x) // 2
         return
     np.testing.assert_array_equal(long[: len(short)], short)
+
+
+def test_greedy_continuation_equals_the_plain_loop_from_a_bank():
+    """Review feedback's rule: new rows join a bank by k-center greedy continued from the bank's rows."""
+    from core.detectors.coreset import greedy_continue
+
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(40, 6)).astype(np.float32)
+    x = np.concatenate([rng.normal(size=(150, 6)), rng.normal(3.0, 1.0, size=(50, 6))]).astype(np.float32)
+    d0 = ((x[:, None, :].astype(np.float64) - bank[None].astype(np.float64)) ** 2).sum(-1).min(1)
+    picks = greedy_continue(x, d0, 12)
+    centres, plain = [*bank.astype(np.float64)], []
+    for _ in range(12):  # the plain loop: farthest row from every centre so far, one at a time
+        d = np.array([min(((r - c) ** 2).sum() for c in centres) for r in x.astype(np.float64)])
+        j = int(np.argmax(d))
+        plain.append(j)
+        centres.append(x[j].astype(np.float64))
+    assert picks.tolist() == plain
+    assert (x[picks, 0] > 1.0).mean() > 0.5, "the far cluster, which the bank does not cover, is picked first"
+    assert greedy_continue(bank, np.zeros(len(bank)), 5).size == 0, "rows the bank already holds add nothing"

@@ -218,6 +218,14 @@ class HeatmapDetector:
         """Peak bytes fitting on ``n_images`` will need (checked before extraction starts)."""
         return 0
 
+    def learn_normals(self, features: dict[str, np.ndarray], first_index: int) -> dict[str, Any]:
+        """Optional: take more normal images into the fitted model without a refit (review feedback). Their
+        indices in ``train_paths`` start at ``first_index``. Returns what changed (for the review log)."""
+        from core.errors import WorkbenchError
+
+        raise WorkbenchError(f"{self.kind} models cannot learn from review.", "Refit the model with the image "
+                             "added to its training folder.")
+
     # --- fit / score ----------------------------------------------------------------------------
     def fit(
         self,
@@ -289,6 +297,35 @@ class HeatmapDetector:
             notes=[self.scale.describe(), *self.fit_notes],
             scale=self.scale.to_dict(),
         )
+
+    def add_normal_images(self, paths: Sequence[str | Path], cache: FeatureCache | None = None) -> dict[str, Any]:
+        """Review feedback: images a user marked as normal join the model (``learn_normals``, no refit) and the
+        threshold is fixed again as at fit time, on the calibration slice of the (now longer) training list scored
+        with each image left out. Detectors that hold calibration images out keep their threshold (noted)."""
+        paths = [str(p) for p in paths]
+        ext = self.extractor(cache)
+        res = ext.extract_paths(paths)
+        if res.errors:
+            raise DatasetError(" ".join(res.errors.values()), "Mark readable images only.")
+        before = self.normalisation
+        change = self.learn_normals(res.features, first_index=len(self.train_paths))
+        self.train_paths = self.train_paths + paths
+        if self.leave_out_calibration:
+            everything = ext.extract_paths(self.train_paths)
+            if everything.errors:  # a training image moved or vanished since the fit: keep the old threshold
+                change["threshold"] = "kept: some training images are no longer readable"
+            else:
+                _, calib = holdout(list(range(len(self.train_paths))), self.calibration_fraction,
+                                   f"calibration:{self.seed}")
+                calib_idx = np.array(calib, dtype=np.int64)
+                scores, maps = self._score_left_out(everything.features, calib_idx)
+                self.normalisation = Normalisation.from_normals(scores, maps)
+                change["threshold"] = "fixed again on the calibration slice"
+        else:
+            change["threshold"] = "kept (this detector holds its calibration images out of the model)"
+        change.update(threshold_before=before.image_threshold if before else None,
+                      threshold_after=self.normalisation.image_threshold)
+        return change
 
     def _score_left_out(self, features: dict[str, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores and maps of training images ``idx``, each left out of the model, in chunks of about

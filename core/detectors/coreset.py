@@ -149,6 +149,24 @@ def greedy_kcenter(
     return np.array(chosen[:k], dtype=np.int64), passes
 
 
+def greedy_continue(x: np.ndarray, dist_to_bank: np.ndarray, k: int) -> np.ndarray:
+    """k-center greedy continued from a chosen set: ``dist_to_bank`` holds each row's squared distance to the centres
+    already chosen (the current bank); up to ``k`` rows of ``x`` are picked, each the farthest from the bank and the
+    picks before it. Stops early once every row coincides with a centre. (Review feedback: new normal images join a
+    fitted bank under the rule that built it; ``tests/test_coreset.py`` checks it against the plain loop.)"""
+    x = np.asarray(x, dtype=np.float32)
+    dist = np.asarray(dist_to_bank, dtype=np.float64).copy()
+    sq = np.einsum("ij,ij->i", x, x).astype(np.float64)
+    picks: list[int] = []
+    for _ in range(min(int(k), len(x))):
+        j = int(np.argmax(dist))
+        if dist[j] <= 0.0:
+            break
+        picks.append(j)
+        np.minimum(dist, np.maximum(sq + sq[j] - 2.0 * (x @ x[j]).astype(np.float64), 0.0), out=dist)
+    return np.array(picks, dtype=np.int64)
+
+
 def greedy_reference(x: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """The plain one-pick-per-pass k-center greedy (as in the paper and anomalib), for tests/benchmarks."""
     x = np.ascontiguousarray(x, dtype=np.float32)

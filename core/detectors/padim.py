@@ -138,6 +138,27 @@ class Padim(HeatmapDetector):
         maps = m2.reshape(n, h, w).numpy()
         return maps.reshape(n, -1).max(axis=1), maps, {"mahalanobis": time.perf_counter() - t0}
 
+    def learn_normals(self, features: dict[str, np.ndarray], first_index: int) -> dict[str, Any]:
+        """New normal images into each position's Gaussian without a refit: the covariance is recovered from its
+        stored inverse (less the regularisation), merged with the new samples (exact pooled mean and scatter for
+        ``first_index`` earlier images), regularised and inverted again as at fit time."""
+        assert self.mean is not None and self.inv_cov is not None, "fit or load the model first"
+        emb = self.embed(features)
+        m, d, h, w = emb.shape
+        x = emb.permute(2, 3, 0, 1).reshape(h * w, m, d).to(torch.float64)  # P x m x d
+        n = max(int(first_index), 2)
+        eye = torch.eye(d, dtype=torch.float64)
+        mean_old = torch.from_numpy(self.mean.astype(np.float64))
+        cov_old = torch.linalg.inv(torch.from_numpy(self.inv_cov.astype(np.float64))) - self.cfg.regularisation * eye
+        scatter = (n - 1) * cov_old + n * mean_old[:, :, None] * mean_old[:, None, :] + torch.bmm(x.transpose(1, 2), x)
+        total = n + m
+        mean = (n * mean_old + x.sum(dim=1)) / total
+        cov = (scatter - total * mean[:, :, None] * mean[:, None, :]) / (total - 1) + self.cfg.regularisation * eye
+        l_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye.expand(len(cov), d, d), upper=False)
+        self.mean = mean.numpy().astype(np.float32)
+        self.inv_cov = torch.bmm(l_inv.transpose(1, 2), l_inv).numpy().astype(np.float32)
+        return {"images_in_statistics": total}
+
     def _on_scale_change(self) -> None:
         self.cfg = replace(self.cfg, image_size=self.image_size)
 

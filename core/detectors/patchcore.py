@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from core.detectors.base import HeatmapDetector
-from core.detectors.coreset import coreset_size, select_coreset
+from core.detectors.coreset import coreset_size, greedy_continue, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
 from core.detectors.patch_scoring import PatchScoring, score_patches
 from core.detectors.scale import DEFAULT_PIXEL_BUDGET
@@ -348,6 +348,21 @@ class PatchCore(HeatmapDetector):
             self.extra_bank = np.ascontiguousarray(arrays["extra_bank"], dtype=np.float32)
             self.extra_source = arrays["extra_source"]
         self._build_indexes()
+
+    def learn_normals(self, features: dict[str, np.ndarray], first_index: int) -> dict[str, Any]:
+        """New normal images into the bank without a refit: the greedy k-center rule continued from the current bank
+        (its rows are the centres already chosen) over the new images' patches, as many picks as the coreset ratio
+        gives for them; both banks grow by the picks (the image-score bank holds the map bank)."""
+        assert self.index is not None and self.bank is not None, "fit or load the model first"
+        patches, _, (h, w) = self._fit_patches(features)
+        k = coreset_size(len(patches), None if self.cfg.coreset_size else self.cfg.ratio, None)
+        picks = greedy_continue(patches, self.index.search(patches, 1)[0][:, 0], k)
+        rows, source = _rows_and_sources(patches, picks, h, w)
+        source[:, 0] += first_index
+        self.bank = np.ascontiguousarray(np.concatenate([self.bank, rows]))
+        self.bank_source = np.concatenate([self.bank_source, source])
+        self._build_indexes()
+        return {"bank_rows_added": len(rows), "memory_bank_size": int(len(self.bank))}
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "PatchCore":

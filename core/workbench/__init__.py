@@ -13,6 +13,7 @@ Everything that touches files (model folders, uploaded zips, config rewrites) or
 | ``heatmap_views`` | overlays, one image rescored at full size, PatchCore's nearest-patch explanation |
 | ``image_uploads`` | scoring uploaded files, a folder or a zip of images (through the cascade when there is one), overlays, CSV, thresholds JSON |
 | ``cascade_gate`` | a model's cascade gate: fitted, measured once per image, read back |
+| ``review`` | review feedback: mark as normal / defect, model versions and their restore, the review log |
 | ``cascade_tuning`` | (T_low, T_high) sweep, Pareto front and saved policy, on the cached measurements only |
 
 Every public name is re-exported here. Re-exported constants are copies: to move one in a test, patch the
@@ -71,6 +72,7 @@ from core.workbench.image_uploads import (
     cascade_for_scoring,
     images_from_folder,
     images_from_zip,
+    png_bytes,
     read_thresholds,
     results_csv,
     score_uploads,
@@ -118,6 +120,17 @@ from core.workbench.split_scores import (
     tuning_split_warning,
 )
 from core.visualize import series_colours
+from core.workbench.review import (
+    ReviewOutcome,
+    check_reviewer,
+    keep_version,
+    list_versions,
+    mark_defect,
+    mark_normal,
+    restore_version,
+    review_labels,
+    review_log_csv,
+)
 from core.workbench.zip_uploads import (
     MAX_UNZIPPED_BYTES,
     MAX_ZIP_BYTES,
@@ -144,11 +157,14 @@ __all__ = [
     "MAP_STORE_SIZE", "SplitScores", "confusion", "curves", "flag_rate",
     "group_scores", "normalisation_of", "outcomes", "pixel_metrics", "score_split", "threshold_for_recall",
     "tuning_split_warning", "series_colours",
+    # review
+    "ReviewOutcome", "check_reviewer", "keep_version", "list_versions", "mark_defect", "mark_normal",
+    "restore_version", "review_labels", "review_log_csv",
     # heatmap_views
     "Explanation", "ImageDetail", "explain_patchcore", "heat_only", "overlay_image", "score_one",
     # image_uploads
     "MAX_BATCH_IMAGES", "MAX_UPLOAD_IMAGE_BYTES", "CascadeSettings", "UploadResult", "cascade_for_scoring",
-    "images_from_folder", "images_from_zip", "read_thresholds", "results_csv", "score_uploads", "scoring_summary",
+    "images_from_folder", "images_from_zip", "png_bytes", "read_thresholds", "results_csv", "score_uploads", "scoring_summary",
     "thresholds_json", "upload_overlay",
     # cascade_gate
     "CASCADE_DIRNAME", "GATE_HELP", "GATE_ORDER", "CascadeState", "GateFitOutcome", "cascade_dir", "cascade_stamp",

@@ -108,7 +108,12 @@ def fit_gate(
     prog("load images", 3, 3)
     tn, tm, val = data["train_normal"], data["train_mix"], data["val_mix"]
     gate = make_gate(kind, seed=seed)
-    report = gate.fit(tn.images + tm.images, np.r_[tn.labels, tm.labels], val.images, val.labels, prog)
+    from core.workbench.review import review_label_images
+
+    extra_images, extra_labels = review_label_images(folder)  # misses marked as defects on the review pages
+    report = gate.fit(tn.images + tm.images + extra_images, np.r_[tn.labels, tm.labels, extra_labels].astype(np.int64),
+                      val.images, val.labels, prog)
+    report["review_labels"] = len(extra_labels)
     det = det if det is not None else load_model(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{CASCADE_DIRNAME}.", suffix=".tmp", dir=folder))
     try:

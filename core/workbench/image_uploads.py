@@ -222,6 +222,17 @@ def images_from_zip(data: bytes, name: str, limit: int = MAX_BATCH_IMAGES) -> li
 # What goes out: overlays, the CSV, the thresholds
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """A decoded image as PNG bytes (lossless): what review feedback keeps of an upload."""
+    import cv2
+
+    arr = image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:
+        raise WorkbenchError("The image could not be encoded as PNG.", "Upload it again.")
+    return buf.tobytes()
+
+
 def upload_overlay(result: UploadResult, norm, pixel_threshold: float = 1.0) -> np.ndarray:
     """The uploaded image with its normalised heatmap and the region where the map reaches ``pixel_threshold``."""
     from core.visualize import overlay
