@@ -232,7 +232,8 @@ def gate_section() -> None:
                    f"{pol.get('mode')} T_low={pol.get('t_low')}, T_high={pol.get('t_high')}.")
     kinds = wb.gate_kinds()
     c1, c2 = st.columns([1, 3])
-    kind = c1.selectbox("Gate", kinds, key="gate_kind", help=" · ".join(f"{k}: {wb.GATE_HELP.get(k, '')}" for k in kinds))
+    kind = c1.selectbox("Gate", kinds, key="gate_kind",
+                        help=" · ".join(f"{k}: {wb.GATE_HELP.get(k, '')}" for k in kinds))
     c2.caption(wb.GATE_HELP.get(kind, ""))
     label = f"Fit the {kind} gate" + (" (replaces the current one)" if state is not None else "")
     if st.button(label, key="gate_go", type="primary"):

@@ -221,7 +221,8 @@ def cascade_section(folder, heat_thr: float) -> None:
         st.warning("The gate's measurements are empty. Fix: fit the gate again.")
         return
     st.caption(f"Gate **{state.gate}**, measured once on val_mix ({len(state)} images, batch 1): gate "
-               f"{float(m.gate_ms.mean()):.2f} ms, heatmap model {float(m.heat_ms.mean()):.1f} ms per image on average. "
+               f"{float(m.gate_ms.mean()):.2f} ms, heatmap model {float(m.heat_ms.mean()):.1f} ms per image on "
+               "average. "
                "Gate score < T_low → normal; > T_high → anomalous; in between the heatmap model decides at the "
                f"heatmap threshold above ({heat_thr:.4g}). Moving these sliders only re-reads those cached numbers.")
     key = f"cascade::{folder}"
@@ -346,7 +347,8 @@ def held_out_check(folder, state, lo: float, hi: float, heat_thr: float, val_poi
         cached = (wb.cascade_dir(folder) / "measured_test_mix.csv").is_file()
         if not cached and not st.button("Measure test_mix once (every image through the gate and the model)",
                                         key="cas_heldout"):
-            st.caption("Scores each test_mix image once, one at a time as on val_mix; the result is kept with the gate.")
+            st.caption("Scores each test_mix image once, one at a time as on val_mix; "
+                       "the result is kept with the gate.")
             return
         try:
             if cached:

@@ -25,7 +25,8 @@ from ui.review import review_controls
 
 setup("Heatmaps", "🔥")
 
-LEGEND = ("Heatmap on a fixed scale (viridis, colour-blind safe: dark purple = typical normal, yellow = twice the 99.9th percentile of normal pixels); "
+LEGEND = ("Heatmap on a fixed scale (viridis, colour-blind safe: dark purple = typical normal, "
+          "yellow = twice the 99.9th percentile of normal pixels); "
           "ground truth in magenta, predicted region (normalised map ≥ pixel threshold) in white.")
 
 

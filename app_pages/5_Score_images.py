@@ -43,7 +43,8 @@ def _files() -> list[tuple[str, bytes]] | None:
                                   help=f"Every image below it, at most {wb.MAX_BATCH_IMAGES}.")
             return wb.images_from_folder(typed) if typed.strip() else None
         up = st.file_uploader("Zip of images", type=["zip"], key="si_zip",
-                              help=f"Read in memory (nothing is extracted to disk), at most {wb.MAX_BATCH_IMAGES} images.")
+                              help="Read in memory (nothing is extracted to disk), "
+                                   f"at most {wb.MAX_BATCH_IMAGES} images.")
         return wb.images_from_zip(up.getvalue(), up.name) if up is not None else None
     except Exception as exc:  # noqa: BLE001
         show_error(exc)

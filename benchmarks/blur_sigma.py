@@ -5,7 +5,8 @@ the Gaussian sigma of its anomaly map, on magnetic_tile's ``test`` (MVTec protoc
 
 Fits the default PatchCore (1 % greedy, lite0, 208 px) on train/good once (features from
 the disk cache when warm); only the blur of the same patch-distance maps changes between rows (maps from the
-``--map-neighbors`` nearest bank patches; 1 reproduces the README's nearest-neighbour table). Writes benchmarks/results/blur_sigma.json.
+``--map-neighbors`` nearest bank patches; 1 reproduces the README's nearest-neighbour table). Writes
+benchmarks/results/blur_sigma.json.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def main() -> None:
         ev = run_evaluate(Cascade(gate, det, Policy(**sw["policy"])), sw, test, opts, val=(val.defects, sw["measured"]),
                           heat=heat_test, domain=domain if name == args.gates.split(",")[0] else None)
         by = {(r["experiment"].split(":", 1)[1], r["split"]): r for r in ev["rows"]}
-        heat, casc, routed = by[("heatmap_only", "test_mix")], by[("cascade", "test_mix")], by[("cascade_routed", "test_mix")]
+        heat, casc, routed = (by[("heatmap_only", "test_mix")], by[("cascade", "test_mix")],
+                              by[("cascade_routed", "test_mix")])
         gonly = by[("gate_only", "test_mix")]
         # the best point that keeps the heatmap model in the loop (non-empty uncertain band), chosen on val_mix too
         from core.cascade.pipeline import rows_for
@@ -80,9 +81,10 @@ def main() -> None:
                    and band_row["heatmap_call_rate"] <= TARGET_CALL_RATE
                    and band_row["latency_ms"] <= TARGET_LATENCY_SHARE * heat["latency_ms"]
                    and band_row["precision"] >= heat["precision"] - PRECISION_MARGIN - 1e-12 and not band_row["note"])
-        band_rows.append([name, band_pol.label() + (f" ({band.note})" if band.note else ""), f"{band_row['recall']:.3f}",
-                          f"{band_row['precision']:.3f}", f"{band_row['heatmap_call_rate']:.2f}",
-                          f"{band_row['latency_ms']:.1f}", "PASS" if band_ok else "fail"])
+        band_rows.append([name, band_pol.label() + (f" ({band.note})" if band.note else ""),
+                          f"{band_row['recall']:.3f}", f"{band_row['precision']:.3f}",
+                          f"{band_row['heatmap_call_rate']:.2f}", f"{band_row['latency_ms']:.1f}",
+                          "PASS" if band_ok else "fail"])
         fails = []
         if casc["recall"] < heat["recall"] - TARGET_RECALL_MARGIN - 1e-12:
             fails.append(f"recall {casc['recall']:.3f} < heatmap-only {heat['recall']:.3f} - {TARGET_RECALL_MARGIN}")
@@ -92,7 +94,8 @@ def main() -> None:
             fails.append(f"latency {casc['latency_ms']:.1f} ms > half of heatmap-only {heat['latency_ms']:.1f} ms")
         # guard (old failure 3): a point that buys recall by calling everything anomalous is not a pass
         if casc["precision"] < heat["precision"] - PRECISION_MARGIN - 1e-12:
-            fails.append(f"precision {casc['precision']:.3f} < heatmap-only {heat['precision']:.3f} - {PRECISION_MARGIN}")
+            fails.append(f"precision {casc['precision']:.3f} < heatmap-only {heat['precision']:.3f} "
+                         f"- {PRECISION_MARGIN}")
         if casc["note"]:
             fails.append(casc["note"])
         if sw["choice"]["note"]:
@@ -119,15 +122,17 @@ def main() -> None:
     print("\nbest point that keeps the heatmap model in the loop (uncertain band non-empty):")
     print(table(band_headers, band_rows))
     passing = [g for g in results if results[g]["passes"]]
-    best = min(passing or results, key=lambda g: next(r["latency_ms"] for r in results[g]["rows"]
-                                                      if r["experiment"] == f"{g}:cascade" and r["split"] == "test_mix"))
+    best = min(passing or results,
+               key=lambda g: next(r["latency_ms"] for r in results[g]["rows"]
+                                  if r["experiment"] == f"{g}:cascade" and r["split"] == "test_mix"))
     print(f"\nbest gate: {best} ({'meets' if results[best]['passes'] else 'misses'} the targets)")
     write_result("cascade_targets", {"dataset": str(MAGNETIC_TILE), "detector": "patchcore (defaults)",
                                      "detector_fit_seconds": det_fit_s, "limit": args.limit, "best_gate": best,
                                      "targets": {"recall_margin": TARGET_RECALL_MARGIN, "call_rate": TARGET_CALL_RATE,
                                                  "latency_share": TARGET_LATENCY_SHARE},
                                      "table": {"headers": headers, "rows": rows},
-                                     "band_table": {"headers": band_headers, "rows": band_rows}, "gates": results}, started)
+                                     "band_table": {"headers": band_headers, "rows": band_rows},
+                                     "gates": results}, started)
 
 
 if __name__ == "__main__":

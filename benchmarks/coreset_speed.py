@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/coreset_speed.py [--ratio 0.01] [--images 676] [--reference-picks 600]
 
 Both run in this process on the same features, in the dimensions the default PatchCore measures coreset distances
-in (lite0's 152 channels unprojected; ``--projection-dim 128`` for the paper's projection). The plain loop (one full pass per pick) is timed
+in (lite0's 152 channels unprojected; ``--projection-dim 128`` for the paper's projection). The plain loop (one full
+pass per pick) is timed
 on its first ``--reference-picks`` picks and extrapolated linearly (its cost per pick is constant); the
 indices are checked to agree on those picks.
 """

@@ -53,8 +53,10 @@ def main() -> None:
         warm = one_run(args.detector, tmp)
     assert abs(cold["image_auroc"] - warm["image_auroc"]) < 1e-9, "cached features changed the result"
     rows = [
-        ["cold", cold["extract_train_s"], cold["evaluate_s"], cold["total_s"], cold["cache_hits"], cold["cache_misses"]],
-        ["warm", warm["extract_train_s"], warm["evaluate_s"], warm["total_s"], warm["cache_hits"], warm["cache_misses"]],
+        ["cold", cold["extract_train_s"], cold["evaluate_s"], cold["total_s"], cold["cache_hits"],
+         cold["cache_misses"]],
+        ["warm", warm["extract_train_s"], warm["evaluate_s"], warm["total_s"], warm["cache_hits"],
+         warm["cache_misses"]],
         [
             "cold / warm",
             cold["extract_train_s"] / warm["extract_train_s"],

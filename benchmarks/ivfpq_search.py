@@ -23,7 +23,8 @@ def main() -> None:
     ap.add_argument("--nprobe", default="8,16")
     ap.add_argument("--nbits", default="4,8")
     ap.add_argument("--nlist", type=int, default=1024)
-    ap.add_argument("--train-images", type=int, default=None, help="bank from this many train/good images (default all)")
+    ap.add_argument("--train-images", type=int, default=None,
+                    help="bank from this many train/good images (default all)")
     args = ap.parse_args()
     started = time.perf_counter()
 
@@ -33,11 +34,13 @@ def main() -> None:
     from core.features import FeatureCache
 
     set_threads()
-    settings = FaissSettings(nbits=tuple(map(int, args.nbits.split(","))), nprobes=tuple(map(int, args.nprobe.split(","))),
-                             nlist=args.nlist, test_images=args.test_images, n_train=args.train_images)
+    settings = FaissSettings(nbits=tuple(map(int, args.nbits.split(","))),
+                             nprobes=tuple(map(int, args.nprobe.split(","))), nlist=args.nlist,
+                             test_images=args.test_images, n_train=args.train_images)
     res = run_faiss(index_dataset(MAGNETIC_TILE), settings, cache=FeatureCache(),
                     progress=lambda stage, done, total: None)
-    keys = ["search_ms_per_image", "speedup", "memory_mb", "image_auroc", "auroc_change", "recall_at_1", "build_seconds"]
+    keys = ["search_ms_per_image", "speedup", "memory_mb", "image_auroc", "auroc_change", "recall_at_1",
+            "build_seconds"]
     print(table(["index", "search ms / image", "speed-up vs flat", "memory MB", "image AUROC", "AUROC change",
                  "recall@1", "build s"], [[r["index"], *(r[k] for k in keys)] for r in res.rows]))
     for note in res.notes:

@@ -4,7 +4,8 @@ magnetic_tile's ``val_mix`` (where the default is chosen) and ``test`` (MVTec pr
     .venv/bin/python benchmarks/map_neighbors.py [--ks 1,3,5,9] [--sigma 4]
 
 Fits the default PatchCore (1 % greedy, lite0, 208 px) on train/good once (features from
-the disk cache when warm), searches the largest k once, and builds each row's maps from the same distances: k = 1 is the paper's
+the disk cache when warm), searches the largest k once, and builds each row's maps from the same distances: k = 1 is
+the paper's
 nearest-neighbour map, k > 1 the mean over the k nearest (SPADE's pixel score). Also times the search at k = 1 and
 the largest k on the same queries. Writes benchmarks/results/map_neighbors.json.
 """

@@ -60,7 +60,8 @@ def main() -> None:
                 })
             done = ", ".join(f"{r['split']} {r['image_auroc grid max']:.4f} | {r['image_auroc map max']:.4f} / "
                              f"{r['pixel_auroc']:.4f} / {r['aupro']:.4f}" for r in runs[-2:])
-            print(f"  {size} px, {channels} channels, seed {seed} (image AUROC grid max | map max / pixel AUROC / AUPRO): {done}",
+            print(f"  {size} px, {channels} channels, seed {seed} "
+                  f"(image AUROC grid max | map max / pixel AUROC / AUPRO): {done}",
                   flush=True)
     keys = [f"image_auroc {k}" for k in SCORES] + ["pixel_auroc", "aupro"]
     summary, rows = [], []
@@ -73,10 +74,11 @@ def main() -> None:
                 row[f"{split} {key}"] = float(v.mean())
                 row[f"{split} {key} sd"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         summary.append(row)
-        rows.append([size, channels] + [f"{row[f'{sp} {k}']:.4f} ± {row[f'{sp} {k} sd']:.4f}" for sp in SPLITS for k in keys])
+        rows.append([size, channels] + [f"{row[f'{sp} {k}']:.4f} ± {row[f'{sp} {k} sd']:.4f}"
+                                        for sp in SPLITS for k in keys])
     print(table(["size", "channels"] + [f"{sp} {k.replace('_', ' ')}" for sp in SPLITS for k in keys], rows))
-    write_result("padim_defaults", {"grid": [list(g) for g in grid], "seeds": seeds, "eval_size": EVAL_SIZE, "summary": summary,
-                                    "runs": runs}, started)
+    write_result("padim_defaults", {"grid": [list(g) for g in grid], "seeds": seeds, "eval_size": EVAL_SIZE,
+                                    "summary": summary, "runs": runs}, started)
 
 
 if __name__ == "__main__":

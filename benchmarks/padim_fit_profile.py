@@ -78,7 +78,8 @@ def main() -> None:
                      **{f"{k}_s": v for k, v in spent.items()}})
         print(f"round {r}: fit {total:.2f} s", flush=True)
     keys = list(runs[0])
-    rows = [[k[:-2], f"{np.median([x[k] for x in runs]):.2f}", f"{min(x[k] for x in runs):.2f}-{max(x[k] for x in runs):.2f}",
+    rows = [[k[:-2], f"{np.median([x[k] for x in runs]):.2f}",
+             f"{min(x[k] for x in runs):.2f}-{max(x[k] for x in runs):.2f}",
              f"{1000 * np.median([x[k] for x in runs]) / len(paths):.2f}"] for k in keys]
     print(table(["part", "s median", "range", "ms per image"], rows))
     write_result("padim_fit_profile", {"images": len(paths), "rounds": runs}, started)

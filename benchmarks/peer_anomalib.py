@@ -420,7 +420,8 @@ def main() -> None:
             "n_test_defective": int(labels.sum()),
             "subset": None if n_train is None and n_test is None else
             f"lowest sha1('{SUBSET_SEED}:path') per split; test stratified per class",
-            "seed": args.seed, "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+            "seed": args.seed, "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
             "patchcore": {"coreset_ratio": 0.01, "num_neighbors": 9,
                           "product_image_size": "the product's default (208), maps resized bilinearly to 224"},
             "padim": {"n_channels": 100},

@@ -9,7 +9,8 @@ rows are the same PatchCore model with the inference copy run eagerly (``eager i
 layers, TF "same" padding by padded copies) and as built in the plain NCHW layout (``NCHW, backbone as built``:
 before any of the backbone speed-ups), timed in the same process in alternating rounds with the default
 (channels-last inference copy as a frozen graph: BatchNorm folded, padding inside the convolutions); each row is
-the median of its rounds, so the ratios are fair on a noisy machine. Thread settings are the product's (``core/config.py``: OMP_WAIT_POLICY=PASSIVE
+the median of its rounds, so the ratios are fair on a noisy machine. Thread settings are the product's
+(``core/config.py``: OMP_WAIT_POLICY=PASSIVE
 with GOMP_SPINCOUNT=20000), which no row can switch inside one process.
 """
 
@@ -102,7 +103,8 @@ def main() -> None:
         if name == "patchcore":
             backbone_baselines(det, sample, results)
             results[name]["memory_bank_size"] = int(len(det.bank))
-    cols = ["decode_ms", "backbone_ms", "search_ms", "mahalanobis_ms", "map_ms", "end_to_end_batch16_ms", "end_to_end_batch1_ms"]
+    cols = ["decode_ms", "backbone_ms", "search_ms", "mahalanobis_ms", "map_ms", "end_to_end_batch16_ms",
+            "end_to_end_batch1_ms"]
     rows = [[name] + [round(r.get(c, 0.0), 1) for c in cols] for name, r in results.items() if isinstance(r, dict)]
     print(table(["detector"] + cols, rows))
     for key, value in results.items():

@@ -74,7 +74,8 @@ def main() -> None:
         results.append({"bank_rows": bank, "images": images, "queries": 676 * images, "slices": n_slices,
                         "split_ms_per_image": split, "one_call_ms_per_image": one, "ratio": one / split,
                         "same_neighbours": same[(bank, images)], "rounds": {"split": t[True], "one_call": t[False]}})
-        rows.append([bank, images, n_slices, round(one, 2), round(split, 2), round(one / split, 2), same[(bank, images)]])
+        rows.append([bank, images, n_slices, round(one, 2), round(split, 2), round(one / split, 2),
+                     same[(bank, images)]])
     blas = faiss_blas_config()
     print(f"faiss's OpenBLAS: {blas or 'not found'}")
     print(table(["bank rows", "images (676 queries each)", "slices", "one call ms/image", "split ms/image",

@@ -36,7 +36,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     det = F.tiny_model(work / "model", image_size=args.image_size)
     rng = np.random.default_rng(0)
-    pool = F.good_images(32, seed=5, size=48) + [rng.integers(0, 256, (s, s + 7, 3), dtype=np.uint8) for s in (17, 40, 64, 90)]
+    pool = F.good_images(32, seed=5, size=48) + [rng.integers(0, 256, (s, s + 7, 3), dtype=np.uint8)
+                                                 for s in (17, 40, 64, 90)]
     for img in pool[:20]:  # warm-up: allocator and thread pools settle
         det.score_images([img])
     rss0 = proc.memory_info().rss

@@ -210,7 +210,8 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def load_model_folder(folder: str | Path, expect_kind: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def load_model_folder(folder: str | Path,
+                      expect_kind: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Load ``(config, arrays)`` from a model folder, checking product, version, kind and hash."""
     from safetensors import SafetensorError
     from safetensors.numpy import load as st_load

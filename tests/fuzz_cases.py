@@ -151,7 +151,8 @@ def _image_makers() -> dict[str, tuple[str, Callable[[np.random.Generator, int],
         return f"text_{i}", ext, samples[i % len(samples)] * int(rng.integers(1, 4))
 
     def random_bytes(rng, i):
-        return f"random_{i}", [".png", ".jpg", ".tiff", ".bmp"][i % 4], bytes(rng.integers(0, 256, int(rng.integers(1, 4000)), dtype=np.uint8))
+        return (f"random_{i}", [".png", ".jpg", ".tiff", ".bmp"][i % 4],
+                bytes(rng.integers(0, 256, int(rng.integers(1, 4000)), dtype=np.uint8)))
 
     def tiff16(rng, i):
         arr = rng.integers(0, 4096 if i % 2 else 65535, (24, 24)).astype(np.uint16)
@@ -194,7 +195,8 @@ def _image_makers() -> dict[str, tuple[str, Callable[[np.random.Generator, int],
 
     def one_pixel(rng, i):
         arr = rng.integers(0, 256, (1, 1, 3), dtype=np.uint8)
-        return f"onepx_{i}", [".png", ".jpg", ".bmp", ".tif"][i % 4], _save(Image.fromarray(arr), ["PNG", "JPEG", "BMP", "TIFF"][i % 4])
+        return (f"onepx_{i}", [".png", ".jpg", ".bmp", ".tif"][i % 4],
+                _save(Image.fromarray(arr), ["PNG", "JPEG", "BMP", "TIFF"][i % 4]))
 
     def bomb(rng, i):
         w, h = [(50_000, 50_000), (60_000, 1_000), (1_000, 60_000), (65_535, 65_535)][i % 4]
@@ -314,7 +316,6 @@ class DatasetCase:
 
 def dataset_cases(base: Path, seed: int = 0, copies: int = 1) -> list[DatasetCase]:
     """Bad or odd dataset folders under ``base``."""
-    rng = np.random.default_rng(seed)
     goods = good_images(6, seed=seed + 7, size=32)
     out: list[DatasetCase] = []
 
@@ -387,7 +388,8 @@ def dataset_cases(base: Path, seed: int = 0, copies: int = 1) -> list[DatasetCas
         out.append(DatasetCase("unicode_dataset", r, "accept", "accept"))
         # all training images unreadable
         r = b / "all_corrupt"
-        for i, case in enumerate(image_cases(1, seed=seed + c, kinds=["zero_byte", "text_as_image", "bomb_header", "random_bytes"])):
+        for i, case in enumerate(image_cases(1, seed=seed + c,
+                                             kinds=["zero_byte", "text_as_image", "bomb_header", "random_bytes"])):
             p = r / "train" / "good" / f"{i}_{case.name}"
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(case.data)
@@ -411,8 +413,6 @@ def dataset_cases(base: Path, seed: int = 0, copies: int = 1) -> list[DatasetCas
         for i in range(3):
             (r / "good" / f"{i}.webp").write_bytes(b"RIFF0000WEBP")
         out.append(DatasetCase("foreign_formats_only", r, "reject", "reject"))
-        del rng
-        rng = np.random.default_rng(seed + c)
     return out
 
 
@@ -448,22 +448,28 @@ def zip_cases(per_kind: int, seed: int = 0, unzipped_limit: int = 2_000_000) -> 
     out: list[ZipCase] = []
     for i in range(per_kind):
         tree = _good_tree()
-        out.append(ZipCase("zip_slip", f"slip_{i}.zip", _zip(tree + [(["../evil.png", "ds/../../evil.png", "a/../../../etc/x"][i % 3], b"x")]), "reject"))
-        out.append(ZipCase("zip_absolute", f"abs_{i}.zip", _zip(tree + [(["/tmp/evil.png", "C:/evil.png", "\\\\evil.png"][i % 3], b"x")]), "reject"))
+        out.append(ZipCase("zip_slip", f"slip_{i}.zip",
+                           _zip(tree + [(["../evil.png", "ds/../../evil.png", "a/../../../etc/x"][i % 3], b"x")]),
+                           "reject"))
+        out.append(ZipCase("zip_absolute", f"abs_{i}.zip",
+                           _zip(tree + [(["/tmp/evil.png", "C:/evil.png", "\\\\evil.png"][i % 3], b"x")]), "reject"))
         info = zipfile.ZipInfo(f"ds/train/good/link{i}.png")
         info.external_attr = (0o120777 << 16)
         out.append(ZipCase("zip_symlink", f"link_{i}.zip", _zip(tree + [(info, b"/etc/passwd")]), "reject"))
         # a zip bomb: highly compressible content well over the unzipped limit
-        out.append(ZipCase("zip_bomb", f"bomb_{i}.zip", _zip(tree + [("ds/train/good/big.png", b"\0" * (unzipped_limit + 1_000_000))]), "reject"))
+        out.append(ZipCase("zip_bomb", f"bomb_{i}.zip",
+                           _zip(tree + [("ds/train/good/big.png", b"\0" * (unzipped_limit + 1_000_000))]), "reject"))
         # lying header: declared sizes small, real content large
         lying = bytearray(_zip(tree + [("ds/train/good/liar.png", b"\0" * (unzipped_limit + 500_000))]))
         out.append(ZipCase("zip_bomb_lying_header", f"liar_{i}.zip", _patch_zip_sizes(bytes(lying)), "reject"))
         out.append(ZipCase("not_a_zip", f"notzip_{i}.zip", bytes(rng.integers(0, 256, 200, dtype=np.uint8)), "reject"))
         good = _zip(tree)
         out.append(ZipCase("truncated_zip", f"trunc_{i}.zip", good[: int(rng.integers(10, len(good) - 10))], "reject"))
-        out.append(ZipCase("zip_no_dataset", f"nodata_{i}.zip", _zip([("readme.txt", b"hi"), ("pics/a.png", _png(good_images(1)[0]))]), "reject"))
+        out.append(ZipCase("zip_no_dataset", f"nodata_{i}.zip",
+                           _zip([("readme.txt", b"hi"), ("pics/a.png", _png(good_images(1)[0]))]), "reject"))
         out.append(ZipCase("zip_empty", f"empty_{i}.zip", _zip([]), "reject"))
-        out.append(ZipCase("zip_unicode_ok", f"ünï cödé {i}.zip", _zip(_good_tree("dätä sét/") + [("__MACOSX/._x", b"junk")]), "accept"))
+        out.append(ZipCase("zip_unicode_ok", f"ünï cödé {i}.zip",
+                           _zip(_good_tree("dätä sét/") + [("__MACOSX/._x", b"junk")]), "accept"))
     return out
 
 
@@ -586,7 +592,8 @@ class FuzzReport:
         return [o for o in self.outcomes if o.result == "crash"]
 
     def by_kind(self) -> list[dict[str, Any]]:
-        agg: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"tried": 0, "accepted": 0, "rejected": 0, "crash": 0})
+        agg: dict[tuple[str, str], dict[str, int]] = defaultdict(
+            lambda: {"tried": 0, "accepted": 0, "rejected": 0, "crash": 0})
         for o in self.outcomes:
             a = agg[(o.entry, o.kind)]
             a["tried"] += 1
@@ -678,7 +685,8 @@ def run_uploads(report: FuzzReport, det, cases: list[ImageCase], batch: int = 16
             _record_upload(report, c, r)
         ctrl = results[-1]
         if not ctrl.ok:
-            report.add("upload", "control", "control.png", "crash", f"good image not scored next to bad ones: {ctrl.error}")
+            report.add("upload", "control", "control.png", "crash",
+                       f"good image not scored next to bad ones: {ctrl.error}")
 
 
 def _record_upload(report: FuzzReport, c: ImageCase, r) -> None:
@@ -750,7 +758,8 @@ def run_index(report: FuzzReport, cases: list[DatasetCase]) -> None:
                 res, msg = "crash", "indexed without the expected warning"
         except Exception as exc:  # noqa: BLE001
             res, msg = classify_error(exc, c.root)
-        report.add("index", c.kind, str(c.root), *check_expectation(res, msg, "accept" if c.expect == "warn" else c.expect))
+        report.add("index", c.kind, str(c.root),
+                   *check_expectation(res, msg, "accept" if c.expect == "warn" else c.expect))
 
 
 def run_fit(report: FuzzReport, cases: list[DatasetCase], models_root: Path, settings=None, cache=None) -> None:
@@ -763,7 +772,8 @@ def run_fit(report: FuzzReport, cases: list[DatasetCase], models_root: Path, set
             out = fit_model(c.root, settings, name=f"fuzz-{i}", cache=cache, root=models_root)
             skipped = out.report.get("skipped", {})
             bad = [m for p, m in skipped.items() if not names_input(m, p)]
-            res, msg = ("crash", f"skip messages without file names: {bad}") if bad else ("accepted", f"{len(skipped)} skipped")
+            res, msg = (("crash", f"skip messages without file names: {bad}") if bad
+                        else ("accepted", f"{len(skipped)} skipped"))
         except Exception as exc:  # noqa: BLE001
             # fit errors about the whole dataset name its folder; "fewer than 2 readable" names no file, so
             # accept the dataset folder or any of its files

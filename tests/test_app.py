@@ -285,7 +285,8 @@ def test_bad_upload_shows_error_while_good_one_is_scored(fitted, demo_root, tmp_
 
 def test_pages_without_a_model_point_home(models_root, monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_MODELS_DIR", str(tmp_path / "empty"))
-    for page in ("app_pages/2_Scores.py", "app_pages/3_Thresholds.py", "app_pages/4_Heatmaps.py", "app_pages/5_Score_images.py"):
+    for page in ("app_pages/2_Scores.py", "app_pages/3_Thresholds.py", "app_pages/4_Heatmaps.py",
+                 "app_pages/5_Score_images.py"):
         at = _page(page).run()
         _no_exceptions(at)
         assert any("Fit one on the home page" in i.value for i in at.info), page

@@ -1,8 +1,10 @@
 """One real-browser pass over the app: Playwright drives Debian's chromium against `streamlit run app.py`.
 
 Fits PatchCore and the stats gate on the demo from the home page, moves a cascade threshold on the Thresholds
-page and checks that the numbers change, drags a band on the gate-score histogram and sees T_low / T_high follow, uploads an image on the Score images page and sees its heatmap, and
-types a runs folder outside the project on the Experiments page and sees it refused, saves a screenshot of the Heatmaps gallery to assets/screenshot.png (the one the README shows).
+page and checks that the numbers change, drags a band on the gate-score histogram and sees T_low / T_high follow,
+uploads an image on the Score images page and sees its heatmap, and types a runs folder outside the project on the
+Experiments page and sees it refused, saves a screenshot of the Heatmaps gallery to assets/screenshot.png (the one
+the README shows).
 
 Playwright's own browser download is not reachable here, so the system chromium is used; `make test` installs it
 when missing. A missing browser is a failure, never a skip. The server is stopped whatever happens.
@@ -11,13 +13,13 @@ when missing. A missing browser is a failure, never a skip. The server is stoppe
 from __future__ import annotations
 
 import os
-import tempfile
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -29,7 +31,8 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"]
 # README's screenshot is refreshed only on request (WORKBENCH_SCREENSHOT=1 make test), so that a plain test run
 # leaves the working tree clean; otherwise the picture goes to a temporary folder and is still checked.
-SCREENSHOT = (ROOT / "assets" if os.environ.get("WORKBENCH_SCREENSHOT") else Path(tempfile.gettempdir())) / "screenshot.png"
+SCREENSHOT = (ROOT / "assets" if os.environ.get("WORKBENCH_SCREENSHOT")
+              else Path(tempfile.gettempdir())) / "screenshot.png"
 FIT_TIMEOUT_MS = 240_000
 STEP_TIMEOUT_MS = 60_000
 
@@ -60,7 +63,8 @@ def server(tmp_path):
         deadline = time.time() + 90
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"streamlit exited ({proc.returncode}): {(tmp_path / 'streamlit.log').read_text()}")
+                raise AssertionError(f"streamlit exited ({proc.returncode}): "
+                                     f"{(tmp_path / 'streamlit.log').read_text()}")
             try:
                 with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                     if r.status == 200:

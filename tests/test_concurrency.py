@@ -24,7 +24,8 @@ def _worker(image_size: int, data: str, cache_root: str, models: str, out: str) 
     results = {}
     for rep in range(2):
         name = f"m{image_size}-{rep}"
-        fit_model(data, FitSettings(image_size=image_size, options={"ratio": 0.05}), name=name, cache=cache, root=Path(models))
+        fit_model(data, FitSettings(image_size=image_size, options={"ratio": 0.05}), name=name, cache=cache,
+                  root=Path(models))
         det = load_model(Path(models) / name)
         test = sorted(str(p) for p in (Path(data) / "test").rglob("*.png"))
         res = det.score_paths(test, cache=cache)
@@ -57,7 +58,8 @@ def test_two_processes_share_cache_and_models(tmp_path):
     models.mkdir()
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(size, str(data), str(cache_root), str(models), str(tmp_path / f"out{size}.npz")))
+        ctx.Process(target=_worker,
+                    args=(size, str(data), str(cache_root), str(models), str(tmp_path / f"out{size}.npz")))
         for size in (64, 96)  # different input sizes: different cache keys for the same image bytes
     ]
     for p in procs:

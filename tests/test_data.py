@@ -301,7 +301,8 @@ def test_magnetic_tile_matches_readme():
     assert sum(r.label == 0 for r in test) == 276
     defects = [r for r in test if r.label == 1]
     assert len(defects) == 392
-    assert ix.class_counts("test") == {"blowhole": 115, "break": 85, "crack": 57, "fray": 32, "good": 276, "uneven": 103}
+    assert ix.class_counts("test") == {"blowhole": 115, "break": 85, "crack": 57, "fray": 32, "good": 276,
+                                       "uneven": 103}
     assert all(r.mask and ix.mask_path(r).is_file() for r in defects)
     assert all(r.mask is None for r in ix.records if r.label == 0)
     assert ix.warnings == []
@@ -366,7 +367,8 @@ def test_folder_per_label_layout(tmp_path, demo):
     (root / "masks" / "scratch").mkdir(parents=True)
     for i in range(2):
         shutil.copy(demo / "test" / "scratch" / f"{i:03d}.png", root / "scratch" / f"s{i}.png")
-        shutil.copy(demo / "ground_truth" / "scratch" / f"{i:03d}_mask.png", root / "masks" / "scratch" / f"s{i}_mask.png")
+        shutil.copy(demo / "ground_truth" / "scratch" / f"{i:03d}_mask.png",
+                    root / "masks" / "scratch" / f"s{i}_mask.png")
     shutil.copy(demo / "test" / "scratch" / "002.png", root / "scratch" / "line2" / "deep.png")  # nested, no mask
     (root / "ng").mkdir()
     shutil.copy(demo / "test" / "spot" / "000.png", root / "ng" / "x.PNG")

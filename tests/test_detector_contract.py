@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +67,8 @@ def toy_registered():
 
 
 # Small settings per detector, so that the contract runs in seconds; every other setting is the default.
-QUICK = {"patchcore": {"image_size": 64, "ratio": 0.1, "rescore_ratio": 0.2}, "padim": {"image_size": 64, "n_channels": 24},
+QUICK = {"patchcore": {"image_size": 64, "ratio": 0.1, "rescore_ratio": 0.2},
+         "padim": {"image_size": 64, "n_channels": 24},
          "toy-mean": {"image_size": 64}}
 
 

@@ -309,7 +309,8 @@ def test_channel_subset_is_picked_before_upsampling_without_changing_the_embeddi
     from core.detectors.embedding import patch_embedding
 
     rng = np.random.default_rng(0)
-    feats = {"a": rng.normal(size=(2, 5, 8, 8)).astype(np.float32), "b": rng.normal(size=(2, 7, 4, 4)).astype(np.float32)}
+    feats = {"a": rng.normal(size=(2, 5, 8, 8)).astype(np.float32),
+             "b": rng.normal(size=(2, 7, 4, 4)).astype(np.float32)}
     full = patch_embedding(feats, ("a", "b"), neighbourhood)
     for channels in (np.array([0, 3, 4, 5, 9, 11]), np.array([9, 0, 11, 4, 6])):
         sub = patch_embedding(feats, ("a", "b"), neighbourhood, channels=channels)
@@ -322,7 +323,8 @@ def test_fine_weight_scales_only_the_finest_layer_and_only_beside_coarser_ones()
     from core.detectors.embedding import patch_embedding
 
     rng = np.random.default_rng(1)
-    feats = {"a": rng.normal(size=(2, 5, 8, 8)).astype(np.float32), "b": rng.normal(size=(2, 7, 4, 4)).astype(np.float32)}
+    feats = {"a": rng.normal(size=(2, 5, 8, 8)).astype(np.float32),
+             "b": rng.normal(size=(2, 7, 4, 4)).astype(np.float32)}
     plain = patch_embedding(feats, ("a", "b"), 3).numpy()
     weighted = patch_embedding(feats, ("b", "a"), 3, fine_weight=0.5).numpy()  # order of the layers does not matter
     np.testing.assert_allclose(weighted[:, 7:], 0.5 * plain[:, :5], rtol=1e-6)  # "a" is the 8 x 8 (finest) layer

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from core.errors import WorkbenchError
 from core.experiments import STUDIES
 from core.metrics.shift import mmd_test
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FILES = ("results.csv", "results.json", "results.md", "figure.json", "figures.html")
 UNIT_KEYS = ("image_auroc", "pixel_auroc", "aupro", "val_auroc", "recall_at_1", "flag_rate", "flag_rate_normal",

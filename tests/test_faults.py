@@ -86,7 +86,8 @@ def test_kill_between_arrays_and_config_loads_old_model(tmp_path):
         "    if str(path).endswith('config.json'): os.kill(os.getpid(), 9)\n"
         "    real(path, obj)\n"
         "s.atomic_write_json = die\n"
-        f"s.save_model_folder({str(folder)!r}, 'padim', {{'gen': 2}}, {{'a': np.full(10, 2, np.float32), 'b': np.arange(3)}})\n"
+        f"s.save_model_folder({str(folder)!r}, 'padim', {{'gen': 2}}, "
+        "{'a': np.full(10, 2, np.float32), 'b': np.arange(3)})\n"
     )
     r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == -signal.SIGKILL

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from core.errors import ModelFormatError, WorkbenchError
 from core.gain.config import STRATEGIES, STRATEGY_NAMES, GainConfig
 from core.gain.losses import Batch, compute_losses, fusion_weight, loc_weight_factor
 from core.metrics import cam as cm
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZE = 64
 LIMIT = 3  # images per class and split

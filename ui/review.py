@@ -41,7 +41,8 @@ def review_controls(folder: Path, name: str, data: bytes, outcome: str, key: str
     last = st.session_state.pop("rv_last", None)
     if last is not None and last.action == "mark as normal":
         st.success(f"Learnt as normal (the model before is version {last.version_kept}; "
-                   f"{last.change.get('bank_rows_added', '')} bank rows added; threshold {last.change.get('threshold')}).")
+                   f"{last.change.get('bank_rows_added', '')} bank rows added; "
+                   f"threshold {last.change.get('threshold')}).")
         st.dataframe(pd.DataFrame(last.rows), hide_index=True, key=f"{key}_before_after")
     elif last is not None:
         st.success(f"Marked {last.rows[0]['image']} as a defect: the gate learns it at its next fit "

@@ -239,7 +239,8 @@ def main() -> None:
                      "numpy": np.__version__, "sklearn": sklearn.__version__, "python": platform.python_version()},
         "settings": {"backbone": BACKBONE, "layers": LAYERS, "image_size": SIZE, "mean": 0.5, "std": 0.5,
                      "resize": "PIL bilinear", "batch": args.batch, "threads": torch.get_num_threads(),
-                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "seed": args.seed,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                     "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "seed": args.seed,
                      **({"coreset_ratio": args.ratio, "num_neighbors": 9} if args.model == "patchcore"
                         else {"n_features": args.n_features})},
         "n_train": len(train),

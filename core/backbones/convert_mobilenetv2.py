@@ -3,7 +3,8 @@
 torchvision: ``features.0`` stem (conv, bn), ``features.1`` expand-ratio-1 block (``conv.0`` dw ConvBNReLU,
 ``conv.1`` pw-linear conv, ``conv.2`` bn), ``features.2..17`` inverted residuals (``conv.0`` pw ConvBNReLU,
 ``conv.1`` dw ConvBNReLU, ``conv.2`` pwl conv, ``conv.3`` bn), ``features.18`` head, ``classifier.1`` linear.
-timm: ``conv_stem``/``bn1``, ``blocks.S.B`` with stage depths (1, 2, 3, 4, 3, 3, 1), ``conv_head``/``bn2``, ``classifier``.
+timm: ``conv_stem``/``bn1``, ``blocks.S.B`` with stage depths (1, 2, 3, 4, 3, 3, 1), ``conv_head``/``bn2``,
+``classifier``.
 Both use symmetric padding, BN eps 1e-5 and ImageNet mean/std.
 """
 

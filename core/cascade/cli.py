@@ -29,7 +29,8 @@ def _models(args, index, out: Path, progress, data):
         if gate.kind == args.gate and det.kind == args.detector:
             print(f"using the gate and detector in {out}", file=sys.stderr)
             return gate, det
-    gate, det, report = fit_models(index, detector_from_args(args), _opts(args), out, feature_cache(args), progress, data)
+    gate, det, report = fit_models(index, detector_from_args(args), _opts(args), out, feature_cache(args), progress,
+                                   data)
     print(json.dumps({"gate": {k: v for k, v in report["gate"].items() if k != "val_loss_history"},
                       "detector_seconds": report.get("detector", {}).get("total_seconds")}, indent=2, default=str))
     return gate, det

@@ -12,16 +12,15 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from core.cascade.gates import Gate, load_gate, make_gate
+from core.cascade.gates import Gate, make_gate
 from core.cascade.report import histogram_html, histogram_png, summary_row, write_csv, write_summary
 from core.cascade.routing import HEATMAP, Cascade, Policy, decisions_for, final_scores, routes_for
 from core.cascade.sweep import SWEEP_COLUMNS, Measured, choose, gate_health, pareto_front, sweep
@@ -90,7 +89,8 @@ def check_mixed(index) -> None:
 
 # ------------------------------------------------------------------------------------------------ fit
 def fit_models(index, detector, opts: CascadeOptions, out: Path | None = None, cache=None,
-               progress: ProgressFn = no_progress, data: dict[str, SplitImages] | None = None) -> tuple[Gate, Any, dict]:
+               progress: ProgressFn = no_progress,
+               data: dict[str, SplitImages] | None = None) -> tuple[Gate, Any, dict]:
     """Fit the gate and the heatmap detector; save both under ``out`` when given."""
     check_mixed(index)
     data = data or {}
@@ -257,7 +257,8 @@ def run_evaluate(cascade: Cascade, sweep_result: dict[str, Any], test: SplitImag
     dm = None
     if domain is not None:
         dm = measure(cascade.gate, cascade.detector, domain, progress)
-        for r in rows_for(f"{gname}:", f"domain:{domain.name}", dm, {k: policies[k] for k in ("heatmap_only", "cascade")}):
+        for r in rows_for(f"{gname}:", f"domain:{domain.name}", dm,
+                          {k: policies[k] for k in ("heatmap_only", "cascade")}):
             r["note"] = "domain set (defects only, other product): " + r["note"]
             rows.append(r)
     if out is not None:

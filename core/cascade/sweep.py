@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.cascade.routing import HEATMAP, Policy, decisions_for, final_scores, routes_for
+from core.cascade.routing import HEATMAP, Policy, decisions_for, routes_for
 from core.errors import WorkbenchError
 
 QUANTILE_LEVELS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75,
@@ -177,8 +177,9 @@ def choose(rows: list[dict[str, Any]], margin: float = 0.02, precision_floor: fl
     at least ``precision_floor`` (default: heatmap-only precision minus ``precision_margin``).
 
     ``allow_gate_only=False`` keeps the heatmap model in the loop (a cascade point with a non-empty uncertain band,
-    or heatmap_only), e.g. when its maps are wanted for the uncertain parts. Ties: higher F1, then lower call rate. A row that routes everything to the heatmap model costs more than
-    heatmap_only, so it is never chosen; heatmap_only itself always qualifies with the default floor.
+    or heatmap_only), e.g. when its maps are wanted for the uncertain parts. Ties: higher F1, then lower call rate.
+    A row that routes everything to the heatmap model costs more than heatmap_only, so it is never chosen;
+    heatmap_only itself always qualifies with the default floor.
     """
     base = next((r for r in rows if r["mode"] == "heatmap_only"), None)
     if base is None:

@@ -64,7 +64,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_can_fit(index)
     det = detector_from_args(args)
     paths = [str(index.abs_path(r)) for r in index.split("train_normal")]
-    report = det.fit(paths, cache=feature_cache(args), progress=TqdmProgress(), fingerprint=index.fingerprint("train_normal"))
+    report = det.fit(paths, cache=feature_cache(args), progress=TqdmProgress(),
+                     fingerprint=index.fingerprint("train_normal"))
     for path, msg in report.skipped.items():
         print(f"skipped: {msg}", file=sys.stderr)
     det.save(args.out, extra={"dataset": str(index.root), "fit_report": report.to_dict()})
@@ -88,7 +89,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     set_threads()
     det = detector_from_args(args)
-    m = run_evaluate(resolve_dataset(args.dataset), det, args.out, split=args.split, cache=feature_cache(args), progress=TqdmProgress())
+    m = run_evaluate(resolve_dataset(args.dataset), det, args.out, split=args.split, cache=feature_cache(args),
+                     progress=TqdmProgress())
     keys = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_ap", "f1_max", "fit_seconds", "ms_per_image",
             "memory_bank_size", "image_score_bank_size"]
     print(json.dumps({k: m.get(k) for k in keys}, indent=2))
@@ -162,7 +164,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:  # a model folder: the thresholds file and the cascade (the workbench layer loads torch; bundles never do)
         from core.workbench import cascade_for_scoring, model_info, read_thresholds
 
-        payload = read_thresholds(args.thresholds, model_info(args.model).stamp.split(":")[0]) if args.thresholds else {}
+        payload = (read_thresholds(args.thresholds, model_info(args.model).stamp.split(":")[0])
+                   if args.thresholds else {})
         thr = float(payload.get("threshold", thr))
         cascade = None if args.no_cascade else cascade_for_scoring(args.model)
         if cascade is not None:

@@ -144,8 +144,9 @@ def _notes(measured: list[dict], s: BackboneSettings) -> list[str]:
     notes = [
         f"PatchCore, greedy coreset {s.ratio:.0%} (image score in the default 5 % continuation), "
         f"{size_text(s.image_size)}, each backbone's default layers; "
-        f"evaluated on `{s.split}`; fit s = feature extraction (no cache) + coreset + index + calibration, weights loading "
-        "excluded; ms / image = end to end on decoded images, batches of 16, no cache; peak RSS = the whole process.",
+        f"evaluated on `{s.split}`; fit s = feature extraction (no cache) + coreset + index + calibration, "
+        "weights loading excluded; ms / image = end to end on decoded images, batches of 16, no cache; "
+        "peak RSS = the whole process.",
         "ResNet50, CLIP and ViT-B: no package ships their weights and the model hub is unreachable here, so they "
         "have no numbers.",
     ]

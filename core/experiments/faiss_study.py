@@ -80,7 +80,8 @@ def pick_test_images(index: DatasetIndex, n: int, seed: int = 0) -> list[ImageRe
     ]
 
 
-def build_search_data(index: DatasetIndex, s: FaissSettings, cache=None, progress: ProgressFn = no_progress) -> SearchData:
+def build_search_data(index: DatasetIndex, s: FaissSettings, cache=None,
+                      progress: ProgressFn = no_progress) -> SearchData:
     """Patches of the training images (and their mirror images) as the bank; patches of test images as queries."""
     from core.data import read_image
     from core.detectors import PatchCore, PatchCoreConfig
@@ -199,7 +200,8 @@ def run_faiss(index: DatasetIndex, settings: FaissSettings = FaissSettings(), ca
         f"{' and their mirror images' if s.mirror else ''}, no coreset); {data.n_images} test images "
         f"({len(data.queries):,} query patches); {s.nlist} IVF lists; re-rank: {s.rerank_factor} x k candidates "
         "re-scored exactly. Image score = max patch distance (no neighbourhood reweighting).",
-        f"With {data.n_images} test images one AUROC step is {1 / max(1, (data.labels == 0).sum() * (data.labels == 1).sum()):.4f}"
+        f"With {data.n_images} test images one AUROC step is "
+        f"{1 / max(1, (data.labels == 0).sum() * (data.labels == 1).sum()):.4f}"
         " (one normal/defective pair swapping order).",
         "build s: each code size's IVF-PQ is trained once (its first row); the other rows reuse it.",
         "Memory: IVF-PQ without re-rank = codes + lists + quantiser; with re-rank it also keeps the raw bank.",

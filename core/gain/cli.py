@@ -40,7 +40,6 @@ def cmd_gain(args: argparse.Namespace) -> int:
     set_threads()
     if args.action == "train":
         from core.gain.train import prepare, train
-
         from core.jobs import ProgressFile
         from core.progress import no_progress
 
@@ -103,7 +102,8 @@ def add_gain_parser(sub) -> None:
     p.add_argument("--normals-per-defect", type=float, default=1.5)
     p.add_argument("--fusion-schedule", choices=["linear", "cosine", "step"], default="linear")
     p.add_argument("--cam-guide-shape", action=argparse.BooleanOptionalAction, default=True,
-                   help="L_cam_guide also on the min-max normalised CAM, what the attention metrics judge (default: on)")
+                   help="L_cam_guide also on the min-max normalised CAM, what the attention metrics judge "
+                        "(default: on)")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per class and split")
     from core.gain.config import GainConfig  # torch-free: the defaults are the report's
 

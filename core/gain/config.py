@@ -6,7 +6,8 @@ configuration (loss weights, schedules, sizes, seed).
 | S1       | classification only (baseline)               | L_cls (class-weighted BCE)                             |
 | S2       | CAM guidance (``cam_guide``)                 | + lambda_cam_guide * L_cam_guide                       |
 | S3       | attention mining (``attention_mining``)      | + lambda_am * L_am (GAIN, soft mask T(A))              |
-| S4       | localisation (``localisation``)              | + warm-up * (lambda_loc * L_loc + lambda_consist * L_consist) |
+| S4       | localisation (``localisation``)              | + warm-up * (lambda_loc * L_loc + lambda_consist * \
+L_consist) |
 | S5       | counterfactual (``counterfactual``)          | + lambda_cf * L_cf                                     |
 | S6       | GT mask fusion curriculum (``gt_fusion``)    | attention blended with the GT mask, weight decaying to 0 |
 """

@@ -19,10 +19,17 @@ from core.data import DatasetIndex
 from core.gain.config import STRATEGIES, STRATEGY_NAMES, GainConfig
 from core.gain.data import SplitData, load_split
 from core.gain.inference import GainModel, Prediction
-from core.metrics.cam import CAM_THRESHOLDS, attention_metrics, classification_metrics, grid_ceiling_iou, per_image_attention
+from core.metrics.cam import (
+    CAM_THRESHOLDS,
+    attention_metrics,
+    classification_metrics,
+    grid_ceiling_iou,
+    per_image_attention,
+)
 from core.storage import atomic_write_json, atomic_write_text
 
-TABLE_COLUMNS = ("strategy", "accuracy", "precision", "recall", "f1", "auroc", *[f"cam_iou@{t:g}" for t in CAM_THRESHOLDS],
+TABLE_COLUMNS = ("strategy", "accuracy", "precision", "recall", "f1", "auroc",
+                 *[f"cam_iou@{t:g}" for t in CAM_THRESHOLDS],
                  "point_game", "energy_inside", "loc_iou", "epochs", "best_epoch", "train_s", "wall_s")
 
 
@@ -74,7 +81,8 @@ def evaluate_on(model: GainModel, data: SplitData) -> EvalResult:
     return EvalResult(metrics, data, pred, rows)
 
 
-def evaluate_model(model: GainModel, index: DatasetIndex, split: str = "test_mix", limit: int | None = None) -> EvalResult:
+def evaluate_model(model: GainModel, index: DatasetIndex, split: str = "test_mix",
+                   limit: int | None = None) -> EvalResult:
     """Load ``split`` of ``index`` at the model's size and evaluate."""
     return evaluate_on(model, load_split(index, split, model.config.image_size, limit))
 

@@ -135,7 +135,8 @@ def compute_losses(net: GainNet, batch: Batch, cfg: GainConfig, progress: float,
             if alpha > 0:
                 a = (1.0 - alpha) * a + alpha * mgrid[defect]
             t = soft_erase_mask(a, cfg.am_sigma, cfg.am_omega)
-            t8 = F.interpolate(t[:, None], size=batch.x8.shape[-2:], mode="bilinear", align_corners=False)  # no-op at stride 8
+            # no-op at stride 8
+            t8 = F.interpolate(t[:, None], size=batch.x8.shape[-2:], mode="bilinear", align_corners=False)
             erased = net.forward_from_stem(batch.x8[defect] * (1.0 - t8), with_mask=False)
             terms["am"] = torch.sigmoid(erased.logit).mean()
         else:

@@ -62,7 +62,8 @@ def find_gain_models(root: str | Path, depth: int = 3, missing_ok: bool = False)
     if missing_ok and not root.exists():
         return []
     if not root.is_dir():
-        raise WorkbenchError(f"{root} is not a folder.", "Give a folder that holds GAIN-MTL models (e.g. runs/gain_compare).")
+        raise WorkbenchError(f"{root} is not a folder.",
+                             "Give a folder that holds GAIN-MTL models (e.g. runs/gain_compare).")
     found: list[GainModelEntry] = []
     base_depth = len(root.parts)
     for dirpath, dirnames, filenames in os.walk(root):

@@ -145,7 +145,8 @@ def train(cfg: GainConfig, data: PreparedData, show_progress: bool = True,
     per_epoch = len(def_idx) + n_norm
     steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
     total_steps = cfg.max_epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     pos_weight = n_norm / max(1, len(def_idx))
     masks = torch.from_numpy(data.train.masks.astype(np.float32)).to(dev)
     y_all = torch.from_numpy(labels.astype(np.float32)).to(dev)
@@ -197,7 +198,8 @@ def train(cfg: GainConfig, data: PreparedData, show_progress: bool = True,
         history.append(row)
         if show_progress:
             log(f"  {cfg.strategy} epoch {ep + 1}: " + ", ".join(
-                f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float) and k.startswith(("val_", "loss_total"))))
+                f"{k}={v:.3f}" for k, v in row.items()
+                if isinstance(v, float) and k.startswith(("val_", "loss_total"))))
         if val["val_score"] > best_score + 1e-6:
             best_score, best_epoch = val["val_score"], ep + 1
             best_state = copy.deepcopy({k: t.detach().clone() for k, t in net.state_dict().items()})

@@ -11,7 +11,8 @@ Everything that touches files (model folders, uploaded zips, config rewrites) or
 | ``models`` | the fit form's choices, fitting, saved model folders (``WORKBENCH_MODELS_DIR`` or ``models/``) |
 | ``split_scores`` | scores of a split, and histograms, curves, confusion, thresholds on them |
 | ``heatmap_views`` | overlays, one image rescored at full size, PatchCore's nearest-patch explanation |
-| ``image_uploads`` | scoring uploaded files, a folder or a zip of images (through the cascade when there is one), overlays, CSV, thresholds JSON |
+| ``image_uploads`` | scoring uploaded files, a folder or a zip of images (through the cascade when there is one), \
+overlays, CSV, thresholds JSON |
 | ``cascade_gate`` | a model's cascade gate: fitted, measured once per image, read back |
 | ``review`` | review feedback: mark as normal / defect, model versions and their restore, the review log |
 | ``cascade_tuning`` | (T_low, T_high) sweep, Pareto front and saved policy, on the cached measurements only |
@@ -24,6 +25,7 @@ modules here, which import each other's functions directly.
 
 from __future__ import annotations
 
+from core.visualize import series_colours
 from core.workbench.cascade_gate import (
     CASCADE_DIRNAME,
     GATE_HELP,
@@ -105,6 +107,17 @@ from core.workbench.models import (
     save_threshold,
     threshold_origin,
 )
+from core.workbench.review import (
+    ReviewOutcome,
+    check_reviewer,
+    keep_version,
+    list_versions,
+    mark_defect,
+    mark_normal,
+    restore_version,
+    review_labels,
+    review_log_csv,
+)
 from core.workbench.split_scores import (
     MAP_STORE_SIZE,
     SplitScores,
@@ -118,18 +131,6 @@ from core.workbench.split_scores import (
     score_split,
     threshold_for_recall,
     tuning_split_warning,
-)
-from core.visualize import series_colours
-from core.workbench.review import (
-    ReviewOutcome,
-    check_reviewer,
-    keep_version,
-    list_versions,
-    mark_defect,
-    mark_normal,
-    restore_version,
-    review_labels,
-    review_log_csv,
 )
 from core.workbench.zip_uploads import (
     MAX_UNZIPPED_BYTES,
@@ -149,7 +150,8 @@ __all__ = [
     "touch_upload", "uploads_bytes",
     # models
     "FitOutcome", "FitProgress", "FitSettings", "ModelInfo", "backbone_choices",
-    "check_model_name", "coreset_methods", "default_model_name", "delete_model", "detector_form", "detector_kinds", "explains_patches", "fit_model", "fit_summary",
+    "check_model_name", "coreset_methods", "default_model_name", "delete_model", "detector_form", "detector_kinds",
+    "explains_patches", "fit_model", "fit_summary",
     "image_size_choices",
     "list_models", "load_model", "model_info", "models_dir", "rename_model", "resolve_model", "save_threshold",
     "threshold_origin",
@@ -164,7 +166,8 @@ __all__ = [
     "Explanation", "ImageDetail", "explain_patchcore", "heat_only", "overlay_image", "score_one",
     # image_uploads
     "MAX_BATCH_IMAGES", "MAX_UPLOAD_IMAGE_BYTES", "CascadeSettings", "UploadResult", "cascade_for_scoring",
-    "images_from_folder", "images_from_zip", "png_bytes", "read_thresholds", "results_csv", "score_uploads", "scoring_summary",
+    "images_from_folder", "images_from_zip", "png_bytes", "read_thresholds", "results_csv", "score_uploads",
+    "scoring_summary",
     "thresholds_json", "upload_overlay",
     # cascade_gate
     "CASCADE_DIRNAME", "GATE_HELP", "GATE_ORDER", "CascadeState", "GateFitOutcome", "cascade_dir", "cascade_stamp",

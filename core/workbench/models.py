@@ -209,7 +209,8 @@ def fit_model(
         shutil.rmtree(tmp, ignore_errors=True)
         if final.exists():
             raise WorkbenchError(f"A model named {name!r} was saved meanwhile.", "Choose another name.") from None
-        raise WorkbenchError(f"The model could not be saved in {root} ({exc}).", "Check the disk space and rights.") from None
+        raise WorkbenchError(f"The model could not be saved in {root} ({exc}).",
+                             "Check the disk space and rights.") from None
     return FitOutcome(final, rep, wall)
 
 

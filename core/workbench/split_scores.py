@@ -138,7 +138,8 @@ def threshold_for_recall(labels: np.ndarray, scores: np.ndarray, target: float) 
     s = np.asarray(scores, dtype=np.float64)
     pos = np.sort(s[y == 1])[::-1]
     if pos.size == 0:
-        raise WorkbenchError("This split has no anomalous images, so recall is undefined.", "Pick a split with defects.")
+        raise WorkbenchError("This split has no anomalous images, so recall is undefined.",
+                             "Pick a split with defects.")
     target = float(np.clip(target, 0.0, 1.0))
     k = max(1, int(np.ceil(target * pos.size - 1e-9)))
     return float(pos[k - 1])

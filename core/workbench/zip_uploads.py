@@ -78,7 +78,8 @@ def extract_zip(data: bytes, name: str = "upload.zip") -> Path:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DatasetError(f"{name} is not a readable zip file ({exc}).", "Upload a .zip of the dataset folder.") from None
+        raise DatasetError(f"{name} is not a readable zip file ({exc}).",
+                           "Upload a .zip of the dataset folder.") from None
     with zf:
         members = zf.infolist()
         if len(members) > MAX_ZIP_MEMBERS:

@@ -47,7 +47,8 @@ class SupervisedGate(Gate):
                  max_epochs: int = 12, patience: int = 3, lr: float = 1e-3, batch_size: int = 32) -> None:
         super().__init__(seed)
         self.backbone, self.size, self.frozen_blocks = backbone, int(size), int(frozen_blocks)
-        self.max_epochs, self.patience, self.lr, self.batch_size = int(max_epochs), int(patience), float(lr), int(batch_size)
+        self.max_epochs, self.patience, self.lr, self.batch_size = (int(max_epochs), int(patience), float(lr),
+                                                                    int(batch_size))
         self.model: nn.Module | None = None
         self._mean = self._std = None
         self._fast = None  # InferenceCopy of the fitted model, built on first scoring
@@ -159,8 +160,8 @@ class SupervisedGate(Gate):
         with torch.inference_mode():
             vlog = torch.cat([self._head(vx[i:i + 128]) for i in range(0, len(vx), 128)]).double().numpy()
         self.calibration = TemperatureCalibration().fit(vlog, val_labels)
-        return {"epochs_run": len(history), "best_epoch": best_epoch + 1, "val_loss_history": history, "val_auroc_history": aurocs,
-                "pos_weight": float(pos_weight), "calibration": self.calibration.to_dict()}
+        return {"epochs_run": len(history), "best_epoch": best_epoch + 1, "val_loss_history": history,
+                "val_auroc_history": aurocs, "pos_weight": float(pos_weight), "calibration": self.calibration.to_dict()}
 
     def _raw(self, images):
         return self.logits(images)
@@ -178,7 +179,8 @@ class SupervisedGate(Gate):
     def _load(self, params, arrays):
         import timm
 
-        self.backbone, self.size, self.frozen_blocks = params["backbone"], int(params["size"]), int(params["frozen_blocks"])
+        self.backbone, self.size, self.frozen_blocks = (params["backbone"], int(params["size"]),
+                                                        int(params["frozen_blocks"]))
         self.max_epochs, self.patience = int(params["max_epochs"]), int(params["patience"])
         self.lr, self.batch_size = float(params["lr"]), int(params["batch_size"])
         self.model = timm.create_model(self.backbone, pretrained=False, num_classes=1)
