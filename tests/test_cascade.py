@@ -8,7 +8,6 @@ called everything anomalous; (4) results reported on an all-anomaly split.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from types import SimpleNamespace
 

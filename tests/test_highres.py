@@ -12,7 +12,7 @@ import pytest
 from core.data import index_dataset
 from core.detectors import PatchCore, PatchCoreConfig, load_detector
 from core.detectors.scale import choose_scale
-from core.errors import ResourceLimitError, WorkbenchError
+from core.errors import ResourceLimitError
 from core.metrics import image_metrics, pixel_auroc
 
 DEEPPCB = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "deeppcb_00041"

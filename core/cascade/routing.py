@@ -13,7 +13,6 @@ Final score (one ordering over all routes, so AUROC/AP of the cascade are define
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

@@ -23,7 +23,6 @@ from core.features import FeatureCache, FeatureExtractor, FeatureSpec
 from core.progress import ProgressFn, no_progress
 from core.storage import load_model_folder, save_model_folder
 
-
 CALIBRATION_CHUNK_PATCHES = 250_000  # finest-layer cells scored per leave-out pass at fit
 
 

@@ -10,8 +10,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.data import DatasetIndex
-from core.experiments.common import Column, StudyResult, balanced, paths_of, progress_stage, records_of
-from core.experiments.common import score_records, size_text, spread
+from core.experiments.common import (
+    Column,
+    StudyResult,
+    balanced,
+    paths_of,
+    progress_stage,
+    records_of,
+    score_records,
+    size_text,
+    spread,
+)
 from core.progress import ProgressFn, no_progress
 
 COLUMNS = [

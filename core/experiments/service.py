@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 from core.config import PROJECT_ROOT
 from core.errors import WorkbenchError
-from core.paths import is_within
 from core.experiments.common import STUDIES, RunClock, StudyResult, write_results
+from core.paths import is_within
 from core.progress import ProgressFn, no_progress
 
 

@@ -3,6 +3,7 @@
 No models, torch or streamlit are imported here, so any layer (CLI, app, tests) can use it cheaply.
 """
 
+from core.metrics.cam import attention_metrics, classification_metrics
 from core.metrics.image import (
     ImageMetrics,
     confusion_at,
@@ -13,7 +14,6 @@ from core.metrics.image import (
     per_class_metrics,
 )
 from core.metrics.pixel import aupro, aupro_reference, pixel_ap, pixel_auroc, pro_curve
-from core.metrics.cam import attention_metrics, classification_metrics
 
 __all__ = [
     "ImageMetrics",

@@ -59,7 +59,6 @@ def score_one(det, image_path: str | Path, threshold: float | None = None, cache
     """Rescore one file (cached features): its exact full-size map, its score relative to ``threshold`` (the one
     in use; default the model's saved one) and the time taken."""
     from core.detectors.postprocess import score_to_threshold
-
     from core.features import FeatureCache
 
     t0 = time.perf_counter()

@@ -13,11 +13,10 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from core.cascade.calibration import NormalQuantileCalibration, TemperatureCalibration
 from core.errors import DatasetError, ModelFormatError
 from core.progress import ProgressFn, no_progress
 from core.storage import load_model_folder, read_model_config, save_model_folder
-
-from core.cascade.calibration import NormalQuantileCalibration, TemperatureCalibration
 
 GATE_PREFIX = "cascade_gate_"
 
