@@ -166,7 +166,9 @@ class HeatmapDetector:
         self._estimate_memory = False
         self._outside_features = True
         self.auto_scale = False  # the source's size is the model's
-        hw = getattr(source.spec, "hw", (source.spec.image_size, source.spec.image_size))
+        # The source's size where it says one (a FeatureSpec), else the size this model was made with.
+        size = getattr(source.spec, "image_size", None)
+        hw = getattr(source.spec, "hw", None) or ((int(size), int(size)) if size else self.input_hw)
         self.set_scale(ScaleChoice(int(hw[0]), int(hw[1]), "forced", "the outside feature source's size"))
 
     # --- to implement ---------------------------------------------------------------------------
