@@ -42,11 +42,12 @@ def _pcb_metrics(det, index, records, cache):
 
 def test_default_fit_scores_pcb_boards_at_their_own_size_and_beats_208_px(pcb, tmp_cache):
     index, train, test = pcb
-    auto = PatchCore(PatchCoreConfig(rescore_ratio=0.0, seed=0))
+    auto = PatchCore(PatchCoreConfig())  # the defaults, as `fit` with no size flag
     report = auto.fit(train, cache=tmp_cache)
     assert auto.input_hw == (640, 640) and report.scale["mode"] == "native"
-    assert "640 x 640" in report.notes[0]
-    small = PatchCore(PatchCoreConfig(image_size=208, rescore_ratio=0.0, seed=0))
+    assert "640 x 640" in report.notes[0] and "no image-score bank" in report.notes[1]
+    assert auto.extra_bank is None and len(auto.bank) == round(0.01 * N_TRAIN * 80 * 80)
+    small = PatchCore(PatchCoreConfig(image_size=208))
     small.fit(train, cache=tmp_cache)
     assert small.scale.mode == "forced" and small.input_hw == (208, 208)
     auto_img, auto_pix = _pcb_metrics(auto, index, test, tmp_cache)

@@ -204,16 +204,17 @@ class PatchCore(HeatmapDetector):
     def fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
         patches, variance, (h, w) = self._fit_patches(features)
         self.grid = (h, w)
-        if self.scale.mode in ("native", "capped") and self.cfg.rescore_ratio > self.cfg.ratio:
+        rescore_ratio = self.cfg.rescore_ratio
+        if self.scale.mode in ("native", "capped") and rescore_ratio > self.cfg.ratio:
             # Greedy picks x patches grows with the pixel count squared: at 640 px on deeppcb the 5 % image-score
             # bank meant 45k picks over 902k patches. The automatic high-resolution scale keeps one bank.
-            self.cfg = replace(self.cfg, rescore_ratio=0.0)
-            self.fit_notes.append("image-score bank off at the high-resolution scale (one 1 % bank; its greedy "
-                                  "cost grows with the pixel count squared)")
+            rescore_ratio = 0.0
+            self.fit_notes.append(f"one {self.cfg.ratio:.0%} bank at the high-resolution scale, no image-score bank "
+                                  "(its greedy cost grows with the pixel count squared)")
         n_map = coreset_size(len(patches), None if self.cfg.coreset_size else self.cfg.ratio, self.cfg.coreset_size)
         n_all = n_map
-        if self.cfg.rescore_ratio > 0:
-            n_all = max(n_map, coreset_size(len(patches), self.cfg.rescore_ratio, None))
+        if rescore_ratio > 0:
+            n_all = max(n_map, coreset_size(len(patches), rescore_ratio, None))
         cs = select_coreset(
             patches,
             self.cfg.coreset,

@@ -78,7 +78,8 @@ class FeatureExtractor:
     def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
         """(channels, height, width) of each layer's map at this spec's input size, from a small probe pass
         (the backbones are fully convolutional: a map is the input size over the layer's stride, rounded up)."""
-        probe = 64
+        ps = self.backbone.patch_size  # a ViT takes only multiples of its patch size (1 for CNNs)
+        probe = 64 if ps == 1 else 16 * ps
         x = self.backbone.preprocess([np.zeros((probe, probe, 3), np.uint8)], probe)
         h, w = self.spec.hw
         out = {}
