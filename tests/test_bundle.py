@@ -4,7 +4,6 @@ scored without torch and compared with the torch path on real test images."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

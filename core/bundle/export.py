@@ -25,7 +25,7 @@ import numpy as np
 
 from core.bundle import MANIFEST_NAME, is_bundle
 from core.bundle.manifest import BUNDLE_FORMAT_VERSION, FORMATS
-from core.errors import ModelFormatError, WorkbenchError
+from core.errors import WorkbenchError
 from core.storage import PRODUCT, atomic_write_bytes, atomic_write_json, sha256_file
 
 ONNX_OPSET = 17
