@@ -145,3 +145,26 @@ def test_ray_two_nodes_survive_a_killed_actor(demo_bundle, tmp_path):
     np.testing.assert_allclose(got.score.values[ok.values], ref.score.values[ok.values], rtol=1e-4)
     assert (got.decision.values == ref.decision.values).all()
     assert 0 < (ref.decision == "anomalous").sum() < ok.sum()
+
+
+@pytest.mark.slow
+def test_fit_with_features_from_ray_is_the_in_process_fit(magnetic_tile):
+    """PatchCore fitted from features extracted on Ray actors (local cluster, 2 actors): the same bank and threshold
+    as fitted in-process."""
+    from core.data import index_dataset
+    from core.scale.ray_features import RayFeatureSource
+
+    index = index_dataset(magnetic_tile)
+    train = [str(index.abs_path(r)) for r in index.split("train_normal")[:24]] + ["/nonexistent/x.png"]
+    source = RayFeatureSource("tf_efficientnet_lite0", (), 208, actors=2, batch_size=5, use_cache=False)
+    try:
+        on_ray = PatchCore(PatchCoreConfig(ratio=0.02))
+        on_ray.use_feature_source(source)
+        report = on_ray.fit(train)
+    finally:
+        source.close()
+    local = PatchCore(PatchCoreConfig(ratio=0.02))
+    local.fit(train)
+    assert report.n_fit_images == 24 and list(report.skipped) == ["/nonexistent/x.png"]
+    np.testing.assert_allclose(on_ray.bank, local.bank, rtol=1e-5, atol=1e-6)
+    assert on_ray.threshold == pytest.approx(local.threshold, rel=1e-5)
