@@ -182,6 +182,18 @@ def _remove_leftovers(folder: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def read_product_json(path: Path, fix: str, foreign_fix: str) -> dict[str, Any]:
+    """A JSON object this product wrote (a model config, a bundle manifest), or ModelFormatError naming the file:
+    ``fix`` for a file that is not valid JSON, ``foreign_fix`` for one another program wrote."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{path} is not valid JSON ({exc}).", fix) from exc
+    if not isinstance(obj, dict) or obj.get("product") != PRODUCT:
+        raise ModelFormatError(f"{path} was not written by this product.", foreign_fix)
+    return obj
+
+
 def read_model_config(folder: str | Path) -> dict[str, Any]:
     """Read and check a model folder's config without loading its arrays."""
     folder = Path(folder)
@@ -195,12 +207,7 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
             f"{folder} is not a workbench model: it has no {CONFIG_NAME}.{hint}",
             "Fit a model with `python -m core fit` (or in the app) and load the folder it writes.",
         )
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{cfg_path} is not valid JSON ({exc}).", "Refit the model.") from exc
-    if not isinstance(cfg, dict) or cfg.get("product") != PRODUCT:
-        raise ModelFormatError(f"{cfg_path} was not written by this product.", "Refit the model with this product.")
+    cfg = read_product_json(cfg_path, "Refit the model.", "Refit the model with this product.")
     version = cfg.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFormatError(

@@ -19,6 +19,10 @@ from core.detectors import PatchCore, PatchCoreConfig
 from core.errors import WorkbenchError
 from core.scale.batch_scoring import PART_PREFIX, list_source, read_results, score_to_parquet
 
+# Ray on loopback only (read when ray is first imported): see core/scale/ray_scoring.py
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 
 @pytest.fixture(scope="module")
 def demo_bundle(tmp_path_factory):
@@ -99,16 +103,17 @@ def test_ray_two_nodes_survive_a_killed_actor(demo_bundle, tmp_path):
     sources = [str(test)]
     n = len(list_source(sources))
     assert n >= 1000
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # 2 + 2 logical CPUs on this 2-core machine: more than the 2 actors need (see core/scale/ray_scoring.py)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     killed: dict = {}
     try:
-        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         out = tmp_path / "ray"
 
         def kill_mid_run(pool) -> None:
+            killed["nodes"] = sum(1 for nd in ray.nodes() if nd["Alive"])
+
             def killer() -> None:
                 while len(list(out.glob(f"{PART_PREFIX}*.parquet"))) < 3:
                     time.sleep(0.05)
@@ -122,11 +127,10 @@ def test_ray_two_nodes_survive_a_killed_actor(demo_bundle, tmp_path):
 
         summary = score_on_ray(bundle, sources, out, address=cluster.address, actors=2, batch_size=40,
                                on_started=kill_mid_run)
-        nodes = [nd for nd in ray.nodes() if nd["Alive"]]
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert len(nodes) == 2
+    assert killed["nodes"] == 2
     batches = -(-n // 40)
     assert killed["parts_before"] < batches and killed["new_pid"] != killed["pid"]
     assert summary.scored == n and summary.errors == 2 and summary.batches == batches
@@ -141,3 +145,26 @@ def test_ray_two_nodes_survive_a_killed_actor(demo_bundle, tmp_path):
     np.testing.assert_allclose(got.score.values[ok.values], ref.score.values[ok.values], rtol=1e-4)
     assert (got.decision.values == ref.decision.values).all()
     assert 0 < (ref.decision == "anomalous").sum() < ok.sum()
+
+
+@pytest.mark.slow
+def test_fit_with_features_from_ray_is_the_in_process_fit(magnetic_tile):
+    """PatchCore fitted from features extracted on Ray actors (local cluster, 2 actors): the same bank and threshold
+    as fitted in-process."""
+    from core.data import index_dataset
+    from core.scale.ray_features import RayFeatureSource
+
+    index = index_dataset(magnetic_tile)
+    train = [str(index.abs_path(r)) for r in index.split("train_normal")[:24]] + ["/nonexistent/x.png"]
+    source = RayFeatureSource("tf_efficientnet_lite0", (), 208, actors=2, batch_size=5, use_cache=False)
+    try:
+        on_ray = PatchCore(PatchCoreConfig(ratio=0.02))
+        on_ray.use_feature_source(source)
+        report = on_ray.fit(train)
+    finally:
+        source.close()
+    local = PatchCore(PatchCoreConfig(ratio=0.02))
+    local.fit(train)
+    assert report.n_fit_images == 24 and list(report.skipped) == ["/nonexistent/x.png"]
+    np.testing.assert_allclose(on_ray.bank, local.bank, rtol=1e-5, atol=1e-6)
+    assert on_ray.threshold == pytest.approx(local.threshold, rel=1e-5)

@@ -6,13 +6,12 @@ refused, not half-read), every listed file present with its hash.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from core.bundle import MANIFEST_NAME
 from core.errors import ModelFormatError
-from core.storage import PRODUCT, sha256_file
+from core.storage import read_product_json, sha256_file
 
 BUNDLE_FORMAT_VERSION = 1
 FORMATS = ("onnx", "openvino")
@@ -28,12 +27,7 @@ def read_manifest(folder: str | Path, check_files: bool = True) -> dict[str, Any
     if not path.is_file():
         raise ModelFormatError(f"{folder} is not an exported bundle: it has no {MANIFEST_NAME}.",
                                "Export one with `python -m core export MODEL_DIR --out BUNDLE_DIR`.")
-    try:
-        man = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON ({exc}).", "Export the bundle again.") from exc
-    if not isinstance(man, dict) or man.get("product") != PRODUCT:
-        raise ModelFormatError(f"{path} was not written by this product.", "Export the bundle with this product.")
+    man = read_product_json(path, "Export the bundle again.", "Export the bundle with this product.")
     version = man.get("bundle_format_version")
     if version != BUNDLE_FORMAT_VERSION:
         raise ModelFormatError(

@@ -48,6 +48,9 @@ class FeatureGraph:
             opts = rt.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+            # no spinning after a run: the faiss search that follows needs the cores (same policy as the torch
+            # path's OMP_WAIT_POLICY=PASSIVE, core/config.py)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = rt.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
             self._input = self._session.get_inputs()[0].name
             self.run = lambda x: self._session.run(None, {self._input: x})[0]
@@ -58,6 +61,19 @@ class FeatureGraph:
                                                               "INFERENCE_PRECISION_HINT": "f32"})
             request = compiled.create_infer_request()
             self.run = lambda x: request.infer({0: x})[0].copy()
+
+
+def _single_thread_blas():
+    """A context that keeps numpy's BLAS on one thread: the resize and map products are small, and a BLAS team
+    spinning beside the runtime's and faiss's threads slowed whole batches several-fold on 2 cores."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # threadpoolctl is optional: without it BLAS keeps its own threads
+        from contextlib import nullcontext
+
+        return nullcontext
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=1, user_api="blas")
 
 
 class BundleScorer:
@@ -78,6 +94,7 @@ class BundleScorer:
         self._std = (np.asarray(man["input"]["std"], np.float32) * 255.0).reshape(3, 1, 1)
         self.batch_size = int(man["input"].get("batch_size", 8))
         threads = threads or os.cpu_count() or 1
+        self._blas = _single_thread_blas()
         fmt = self._pick_format(runtime)
         self.graph = FeatureGraph(self.folder / man["graph"][fmt], fmt, threads)
         self.runtime = RUNTIMES[fmt][0]
@@ -142,6 +159,10 @@ class BundleScorer:
         return (x - self._mean) / self._std
 
     def _score_batch(self, images: Sequence[np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        with self._blas():
+            return self._score_batch_timed(images, seconds)
+
+    def _score_batch_timed(self, images: Sequence[np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
         emb = self.graph.run(np.ascontiguousarray(self.preprocess(images), dtype=np.float32))
         t1 = time.perf_counter()

@@ -64,8 +64,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_can_fit(index)
     det = detector_from_args(args)
     paths = [str(index.abs_path(r)) for r in index.split("train_normal")]
-    report = det.fit(paths, cache=feature_cache(args), progress=TqdmProgress(),
-                     fingerprint=index.fingerprint("train_normal"))
+    source = None
+    if args.ray is not None:  # features extracted on Ray actors; the coreset / Gaussians here, from them
+        from core.scale.ray_features import RayFeatureSource
+
+        source = RayFeatureSource(det.backbone, det.layers, det.image_size, address=args.ray or None,
+                                  actors=args.actors, use_cache=not args.no_cache)
+        det.use_feature_source(source)
+    try:
+        report = det.fit(paths, cache=feature_cache(args), progress=TqdmProgress(),
+                         fingerprint=index.fingerprint("train_normal"))
+    finally:
+        if source is not None:
+            source.close()
     for path, msg in report.skipped.items():
         print(f"skipped: {msg}", file=sys.stderr)
     det.save(args.out, extra={"dataset": str(index.root), "fit_report": report.to_dict()})
@@ -327,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a heatmap detector on a dataset's normal training images")
     add_detector_options(p)
     p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="extract the training features on Ray (no ADDRESS: a local cluster on this machine)")
+    p.add_argument("--actors", type=int, default=2, help="--ray: feature-extraction actors")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("evaluate", help="fit on train/good, measure on a split, write metrics.json + scores.csv")

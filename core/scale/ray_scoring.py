@@ -43,9 +43,14 @@ class ScoringWorker:
 def start_ray(address: str | None, repo_root: Path):
     """Connect to ``address`` (a running cluster), or start a local one on loopback; the workers import this
     repository's ``core`` through PYTHONPATH."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    local = address is None or address.split(":")[0] in {"127.0.0.1", "localhost"}
+    if local:
+        # Loopback only: Ray otherwise rewrites 127.0.0.1 to this host's network address (read when ray is
+        # first imported, so set before that).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env = {"env_vars": {"PYTHONPATH": str(repo_root), "OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}}
     if ray.is_initialized():
         return False
