@@ -62,9 +62,11 @@ from core.workbench.heatmap_views import (
     Explanation,
     ImageDetail,
     explain_patchcore,
+    export_bundle_zip,
     heat_only,
     overlay_image,
     score_one,
+    worst_region_view,
 )
 from core.workbench.image_uploads import (
     MAX_BATCH_IMAGES,
@@ -163,7 +165,8 @@ __all__ = [
     "ReviewOutcome", "check_reviewer", "keep_version", "list_versions", "mark_defect", "mark_normal",
     "restore_version", "review_labels", "review_log_csv",
     # heatmap_views
-    "Explanation", "ImageDetail", "explain_patchcore", "heat_only", "overlay_image", "score_one",
+    "Explanation", "ImageDetail", "explain_patchcore", "export_bundle_zip", "heat_only", "overlay_image", "score_one",
+    "worst_region_view",
     # image_uploads
     "MAX_BATCH_IMAGES", "MAX_UPLOAD_IMAGE_BYTES", "CascadeSettings", "UploadResult", "cascade_for_scoring",
     "images_from_folder", "images_from_zip", "png_bytes", "read_thresholds", "results_csv", "score_uploads",
