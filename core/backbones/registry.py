@@ -743,8 +743,8 @@ def _load_uncached(name: str, dev: torch.device) -> LoadedBackbone:
     loaded = LoadedBackbone(
         info=info, model=model, device=dev, mean=mean[:3], std=std[:3], input_size=size, weights_sha256=sha
     )
-    # NHWC convolutions for CNNs: lite0 features 1.4x faster on 2 CPU cores (26 vs 37 ms/image in batches of 4,
-    # same run), identical up to 3e-5. benchmarks/scoring_speed.py measures both layouts side by side.
+    # NHWC convolutions for CNNs: faster on the CPU, features identical up to float rounding;
+    # benchmarks/scoring_speed.py measures both layouts side by side.
     loaded.set_channels_last(True)
     loaded.set_batchnorm_folding(True)
     return loaded
