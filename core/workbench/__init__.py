@@ -17,14 +17,19 @@ overlays, CSV, thresholds JSON |
 | ``review`` | review feedback: mark as normal / defect, model versions and their restore, the review log |
 | ``cascade_tuning`` | (T_low, T_high) sweep, Pareto front and saved policy, on the cached measurements only |
 
-Every public name is re-exported here. Re-exported constants are copies: to move one in a test, patch the
-module that reads it (e.g. ``core.workbench.zip_uploads.UPLOADS_DIR``). A function replaced on this package
-reaches the pages, which call ``wb.<name>`` (e.g. ``wb.score_split`` in benchmarks/app_speed.py), but not the
-modules here, which import each other's functions directly.
+Every public name is re-exported here, and the GAIN-MTL and experiment services as ``wb.gain`` and
+``wb.experiments``: the pages import nothing of ``core`` but this package. Re-exported constants are copies: to move
+one in a test, patch the module that reads it (e.g. ``core.workbench.zip_uploads.UPLOADS_DIR``). A function replaced
+on this package reaches the pages, which call ``wb.<name>`` (e.g. ``wb.score_split`` in benchmarks/app_speed.py),
+but not the modules here, which import each other's functions directly.
 """
 
 from __future__ import annotations
 
+from core.data import read_image
+from core.experiments import service as experiments
+from core.gain import service as gain
+from core.metrics import per_class_metrics
 from core.visualize import series_colours
 from core.workbench.cascade_gate import (
     CASCADE_DIRNAME,
@@ -145,6 +150,8 @@ from core.workbench.zip_uploads import (
 )
 
 __all__ = [
+    # the other services the pages use, through this one door, and two engine helpers they draw with
+    "experiments", "gain", "per_class_metrics", "read_image",
     # datasets
     "DatasetOverview", "check_browsable", "dataset_overview", "dataset_splits", "list_datasets", "thumbnails",
     # zip_uploads
