@@ -212,6 +212,27 @@ def models_section() -> None:
     elif c3.button("Delete…", key="models_delete"):
         st.session_state["confirm_delete"] = chosen
         st.rerun()
+    export_section(info)
+
+
+def export_section(info: wb.ModelInfo) -> None:
+    """The selected model as a bundle that scores without torch (ONNX graph + arrays + manifest), for the line."""
+    if info.error or info.kind not in ("patchcore", "padim"):
+        return
+    key = f"bundle::{info.folder}::{info.stamp}"
+    c1, c2 = st.columns([1, 3])
+    if c1.button("Export bundle", key="models_export",
+                 help="A folder that scores without torch (onnxruntime), with the threshold set here: "
+                      "`python -m core score BUNDLE IMAGES` on the line PC."):
+        try:
+            with st.spinner("Exporting the feature graph to ONNX and checking it against the model…"):
+                st.session_state[key] = wb.export_bundle_zip(info.folder)
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc)
+    if key in st.session_state:
+        c2.download_button(f"Download {info.name}-bundle.zip ({len(st.session_state[key]) / 1e6:.1f} MB)",
+                           st.session_state[key], file_name=f"{info.name}-bundle.zip", mime="application/zip",
+                           key="models_export_dl")
 
 
 # ------------------------------------------------------------------------------------------------------------

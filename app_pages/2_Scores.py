@@ -126,11 +126,9 @@ def main() -> None:
     a, b = st.columns(2)
     a.plotly_chart(roc, key="sc_roc")
     b.plotly_chart(pr, key="sc_pr")
-    from core.metrics import per_class_metrics
-
     for r in results:
         if (r.labels == 0).any() and (r.labels == 1).any():
-            pc = per_class_metrics(r.labels, r.scores, r.defects, threshold=thr)
+            pc = wb.per_class_metrics(r.labels, r.scores, r.defects, threshold=thr)
             st.caption(f"Per defect type on {r.split} (each vs normal; recall at the threshold)")
             st.dataframe(pd.DataFrame([{"defect": k, **v} for k, v in pc.items()]).round(4), hide_index=True)
 

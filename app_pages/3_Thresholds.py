@@ -35,6 +35,7 @@ from ui import (
     selected_band,
     setup,
     show_error,
+    show_flash,
     splits_of,
     threshold_key,
 )
@@ -115,12 +116,7 @@ def main() -> None:
               help="The highest threshold that still finds this share of the split's anomalous images.")
     c5.button("Back to saved", on_click=reset, key="th_reset")
     c6.button("Save into model", type="primary", key="th_save", on_click=save)
-    if msg := st.session_state.pop("th_message", None):
-        st.error(msg)
-    if msg := st.session_state.pop("th_saved", None):
-        st.success(msg)
-    if exc := st.session_state.pop("th_save_error", None):
-        show_error(exc)
+    show_flash("th", st.error)
 
     thr = float(st.session_state[key])
 
@@ -284,12 +280,7 @@ def cascade_section(folder, heat_thr: float) -> None:
                    "target and whose precision stays within 0.05 of the heatmap model alone.")
     c6.button("Back to saved", key="cas_reset", on_click=reset)
     c7.button("Save T_low/T_high into model", type="primary", key="cas_save", on_click=save)
-    if msg := st.session_state.pop("cas_message", None):
-        st.info(msg)
-    if msg := st.session_state.pop("cas_saved", None):
-        st.success(msg)
-    if exc := st.session_state.pop("cas_save_error", None):
-        show_error(exc)
+    show_flash("cas", st.info)
     lo, hi = st.session_state[key]
     gate_distribution(state, lo, hi, from_chart)
 

@@ -106,11 +106,12 @@ def main() -> None:
     m3.metric("Decision", "anomalous" if detail.score >= thr else "normal", outs[i], delta_color="off")
     m4.metric("Time", f"{detail.ms:.0f} ms", help="Rescored now (features from the disk cache when present).")
     a, b, c = st.columns(3)
-    from core.data import read_image
-
-    a.image(read_image(res.paths[i]), caption=f"{res.rel_paths[i]} ({res.defects[i]})")
+    a.image(wb.read_image(res.paths[i]), caption=f"{res.rel_paths[i]} ({res.defects[i]})")
     b.image(wb.overlay_image(res.paths[i], detail.raw_map, norm, res.masks[i], float(pix)), caption="overlay")
     c.image(wb.heat_only(detail.raw_map, norm), caption="anomaly map (fixed scale)")
+    zoom, (y0, x0, y1, x1) = wb.worst_region_view(res.paths[i], detail.raw_map, norm, res.masks[i])
+    st.image(zoom, width=zoom.shape[1], caption=f"The worst region at 1:1: pixels {x0}-{x1} x {y0}-{y1} of the "
+                                                "image's own, one screen pixel each (a 2-px defect stays 2 px)")
     review_controls(folder, Path(res.rel_paths[i]).name, Path(res.paths[i]).read_bytes(), outs[i], "hm_rv")
     if wb.explains_patches(info.kind):
         st.subheader("Why: the most anomalous patch and its nearest normal patch")

@@ -119,6 +119,10 @@ def show_results(folder, info, results: list[wb.UploadResult], context: dict, th
         pick = st.selectbox("Review one image", names, key="si_rv_pick",
                             format_func=lambda n: f"{n} · {next(r.decision for r in reviewable if r.name == n)}")
         r = next(r for r in reviewable if r.name == pick)
+        if r.raw_map is not None:
+            zoom, (y0, x0, y1, x1) = wb.worst_region_view(r.image, r.raw_map, wb.normalisation_of(folder))
+            st.image(zoom, width=zoom.shape[1], caption=f"{r.name}: the worst region at 1:1 (pixels {x0}-{x1} x "
+                                                        f"{y0}-{y1} of the image's own)")
         review_controls(folder, Path(r.name).name, wb.png_bytes(r.image),
                         "FP" if r.decision == "anomalous" else "FN", "si_rv")
     drawn = [r for r in results if r.ok and r.raw_map is not None and r.image is not None]

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.gain import service as gs
+from core import workbench as wb
 from ui import fast_figure, guarded, setup, show_error
+
+gs = wb.gain
 
 setup("GAIN-MTL CAM", "👁")
 

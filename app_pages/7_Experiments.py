@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.experiments import STUDIES
-from core.experiments import service as ex
+from core import workbench as wb
 from ui import guarded, setup, styled
 
 setup("Experiments", "🧪")
+ex = wb.experiments
 
 
 def _label(run: ex.RunInfo) -> str:
@@ -27,13 +27,11 @@ def _label(run: ex.RunInfo) -> str:
 
 
 def _start_quick(root: Path) -> None:
-    from core.data.locate import available_datasets
-
     with st.expander("Start a quick run (a small slice: seconds to a minute; never a result to quote)"):
-        names = [n for n in available_datasets() if n not in ("neu_seg", "neu_det")]
+        names = [n for n in wb.list_datasets() if n not in ("neu_seg", "neu_det")]
         pref = names.index("magnetic_tile") if "magnetic_tile" in names else 0
         c1, c2 = st.columns(2)
-        study = c1.selectbox("Study", STUDIES, key="exp_study")
+        study = c1.selectbox("Study", ex.STUDIES, key="exp_study")
         dataset = c2.selectbox("Dataset (fit on its train/good)", names, index=pref, key="exp_dataset")
         if st.button("Run quick", key="exp_start", type="primary"):
             bar = st.progress(0.0, text="starting…")

@@ -5,9 +5,8 @@ with both in one process their worker threads otherwise spin-wait and waste a co
 PASSIVE alone makes every idle thread sleep at once, so each of the ~60 small parallel regions of a CNN
 forward pays a futex wake-up; ``GOMP_SPINCOUNT=20000`` (libgomp honours it over the policy) lets a thread spin
 briefly (well under a millisecond) before sleeping.
-``python benchmarks/thread_policy.py`` (a saved magnetic_tile PatchCore, 48 test images, each setting in its own
-process, 2 alternating rounds): batches of 16 46.1 ms/image with PASSIVE alone, 40.4 with 2,000 spins, 33.9 with
-20,000, 34.7 with 200,000; one image at a time 68.1 / 45.7 / 40.4 / 41.9 ms (1.36x and 1.69x for 20,000).
+``python benchmarks/thread_policy.py`` chose the spin count (each setting in its own process, batches and one image
+at a time).
 """
 
 from __future__ import annotations

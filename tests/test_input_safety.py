@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -213,7 +214,7 @@ def test_tiny_and_blank_uploads_get_a_message_instead_of_a_score(fitted, demo_ro
     assert "one_pixel.png is 1 x 1 pixels, smaller than the 32 x 32" in errs, errs
     assert "lens_cap.png is blank" in errs, errs
     table = at.dataframe[0].value.set_index("file")
-    assert table.loc["one_pixel.png", "decision"] == "error" and np.isnan(table.loc["one_pixel.png", "score"])
+    assert table.loc["one_pixel.png", "decision"] == "error" and pd.isna(table.loc["one_pixel.png", "score"])
     assert table.loc["lens_cap.png", "decision"] == "error"
     assert table.loc["part.png", "decision"] in ("normal", "anomalous")
 

@@ -54,6 +54,17 @@ def show_error(exc: BaseException) -> None:
         )
 
 
+def show_flash(prefix: str, note: Callable[[str], Any] = st.info) -> None:
+    """Messages that a button's callback left for the run after it: ``{prefix}_message`` (drawn with ``note``),
+    ``{prefix}_saved`` (success) and ``{prefix}_save_error`` (an exception, shown as :func:`show_error` does)."""
+    if msg := st.session_state.pop(f"{prefix}_message", None):
+        note(msg)
+    if msg := st.session_state.pop(f"{prefix}_saved", None):
+        st.success(msg)
+    if exc := st.session_state.pop(f"{prefix}_save_error", None):
+        show_error(exc)
+
+
 def guarded(fn: Callable[[], Any]) -> Callable[[], Any]:
     """Run a page body; errors reach the page as messages (st.stop/rerun pass through: they are BaseException)."""
 

@@ -29,9 +29,8 @@ class PadimConfig:
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[str, ...] = ()  # empty: the backbone's default
     image_size: int = 0  # 0: chosen at fit from the training images (core.detectors.scale; 224 px for small ones)
-    # The paper's random subset. All 152 of lite0's default layers gained on val_mix (image / pixel AUROC 0.973 /
-    # 0.783 vs 0.968 / 0.769 over draws 0-4, AUPRO 0.740 vs 0.742) for 2.3x the Mahalanobis work and 72 MB of
-    # inverses instead of 31 (benchmarks/padim_defaults.py); the side-by-side with anomalib uses 100.
+    # The paper's random subset, kept by benchmarks/padim_defaults.py: all of lite0's 152 gain a little on val_mix
+    # for 2.3x the Mahalanobis work and memory; the side-by-side with anomalib uses 100.
     n_channels: int = 100
     regularisation: float = 0.01
     blur_sigma: float = 4.0

@@ -43,10 +43,8 @@ class PatchCoreConfig:
     pixel_budget: int = 0  # the automatic scale's budget in input pixels; 0: scale.DEFAULT_PIXEL_BUDGET
     neighbourhood: int = 3
     # Scale of the finest layer (stride 8) against the coarser one in patch distances: a detection / localisation
-    # trade-off, 1.0 (the paper's plain concatenation) by default. benchmarks/patchcore_defaults.py, magnetic_tile
-    # val_mix, seeds 0-2, at 208 px (image AUROC / pixel AUROC / AUPRO): 1.0 0.982 / 0.841 / 0.716, 0.5 0.981 /
-    # 0.854 / 0.697; at 224 px 2.0 gives 0.949 / 0.800 / 0.719. Lower it for image-level detection, raise it for
-    # small defects.
+    # trade-off, 1.0 (the paper's plain concatenation) by default, chosen by benchmarks/patchcore_defaults.py on
+    # magnetic_tile's val_mix. Lower it for image-level detection, raise it for small defects.
     fine_layer_weight: float = 1.0
     coreset: str = "greedy"
     ratio: float = 0.01
@@ -54,16 +52,15 @@ class PatchCoreConfig:
     # The image score's bank: the same greedy run continued to this ratio (k-center picks are a prefix chain, so
     # the map bank above is its first part). The ``rescore_patches`` patches farthest from the map bank are
     # re-measured against it and the paper's score (s*, reweighted) taken there; maps keep the smaller bank.
-    # <= ratio: off (one bank, the paper). benchmarks/rescore_bank.py, magnetic_tile, seeds 0-5: see README.
+    # <= ratio: off (one bank, the paper). Chosen by benchmarks/rescore_bank.py (magnetic_tile, seeds 0-5).
     rescore_ratio: float = 0.05
     rescore_patches: int = 8
     # Coreset distances in a random projection to this many dimensions; 0 = auto: none up to 256 channels (lite0's
-    # 152), else 128 (the paper's). On lite0 a 128-dim projection only added noise: test image AUROC over seeds
-    # 0-5 0.955 +- 0.006 projected vs 0.960 +- 0.004 unprojected (benchmarks/coreset_seeds.py).
+    # 152), else 128 (the paper's). On lite0 the projection only added noise (benchmarks/coreset_seeds.py).
     projection_dim: int = 0
     num_neighbors: int = 9
-    # k = 3 chosen on magnetic_tile's val_mix (benchmarks/map_neighbors.py): AUPRO 0.725 -> 0.733 and pixel AUROC
-    # 0.829 -> 0.832 there (k = 5 ties on AUPRO, loses pixel AUROC; k = 9 loses both), for ~1 ms more search.
+    # Nearest bank patches averaged into each map cell; k = 3 chosen on magnetic_tile's val_mix by
+    # benchmarks/map_neighbors.py (better AUPRO and pixel AUROC than 1, 5 or 9, for ~1 ms more search).
     map_neighbors: int = 3
     blur_sigma: float = 4.0
     index: SearchConfig = SearchConfig()
@@ -79,11 +76,10 @@ class PatchCore(HeatmapDetector):
     kind = "patchcore"
     config_class = PatchCoreConfig
     # Bank rows remember their source image, so a training image can be scored as if unseen: the bank is
-    # built from every image (held-out calibration cost ~0.01 image AUROC on magnetic_tile: 0.950 vs 0.959).
+    # built from every image (holding calibration images out of it cost image AUROC on magnetic_tile).
     leave_out_calibration = True
-    # Half the training images (scored left out) fix the 0.99-quantile threshold: on magnetic_tile (676 images,
-    # benchmarks/calibration_size.py) 10 % put it 15 % below the all-image value (24.8 vs 29.2; 6.5 % of test
-    # normals flagged), 25 % 4 % below, 50 % within 1 % (29.4; 0.7 % flagged), for ~6 s more fit.
+    # Half the training images (scored left out) fix the 0.99-quantile threshold: fewer put it too low
+    # (benchmarks/calibration_size.py on magnetic_tile), for a few seconds more fit.
     calibration_fraction = 0.5
 
     def __init__(self, config: PatchCoreConfig = PatchCoreConfig()) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from core.errors import WorkbenchError
 from core.gain.inference import KIND
-from core.workbench import check_browsable
+from core.workbench.datasets import check_browsable
 
 FILTERS = ("all", "correct", "incorrect", "right answer, wrong reason")
 
@@ -289,7 +289,7 @@ def start_training(req: TrainRequest):
     from core.data import index_dataset
     from core.gain.config import GainConfig
     from core.jobs import start_job
-    from core.workbench import check_model_name
+    from core.workbench.models import check_model_name
 
     root = check_browsable(req.dataset)
     index = index_dataset(root)

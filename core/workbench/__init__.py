@@ -17,14 +17,19 @@ overlays, CSV, thresholds JSON |
 | ``review`` | review feedback: mark as normal / defect, model versions and their restore, the review log |
 | ``cascade_tuning`` | (T_low, T_high) sweep, Pareto front and saved policy, on the cached measurements only |
 
-Every public name is re-exported here. Re-exported constants are copies: to move one in a test, patch the
-module that reads it (e.g. ``core.workbench.zip_uploads.UPLOADS_DIR``). A function replaced on this package
-reaches the pages, which call ``wb.<name>`` (e.g. ``wb.score_split`` in benchmarks/app_speed.py), but not the
-modules here, which import each other's functions directly.
+Every public name is re-exported here, and the GAIN-MTL and experiment services as ``wb.gain`` and
+``wb.experiments``: the pages import nothing of ``core`` but this package. Re-exported constants are copies: to move
+one in a test, patch the module that reads it (e.g. ``core.workbench.zip_uploads.UPLOADS_DIR``). A function replaced
+on this package reaches the pages, which call ``wb.<name>`` (e.g. ``wb.score_split`` in benchmarks/app_speed.py),
+but not the modules here, which import each other's functions directly.
 """
 
 from __future__ import annotations
 
+from core.data import read_image
+from core.experiments import service as experiments
+from core.gain import service as gain
+from core.metrics import per_class_metrics
 from core.visualize import series_colours
 from core.workbench.cascade_gate import (
     CASCADE_DIRNAME,
@@ -62,9 +67,11 @@ from core.workbench.heatmap_views import (
     Explanation,
     ImageDetail,
     explain_patchcore,
+    export_bundle_zip,
     heat_only,
     overlay_image,
     score_one,
+    worst_region_view,
 )
 from core.workbench.image_uploads import (
     MAX_BATCH_IMAGES,
@@ -143,6 +150,8 @@ from core.workbench.zip_uploads import (
 )
 
 __all__ = [
+    # the other services the pages use, through this one door, and two engine helpers they draw with
+    "experiments", "gain", "per_class_metrics", "read_image",
     # datasets
     "DatasetOverview", "check_browsable", "dataset_overview", "dataset_splits", "list_datasets", "thumbnails",
     # zip_uploads
@@ -163,7 +172,8 @@ __all__ = [
     "ReviewOutcome", "check_reviewer", "keep_version", "list_versions", "mark_defect", "mark_normal",
     "restore_version", "review_labels", "review_log_csv",
     # heatmap_views
-    "Explanation", "ImageDetail", "explain_patchcore", "heat_only", "overlay_image", "score_one",
+    "Explanation", "ImageDetail", "explain_patchcore", "export_bundle_zip", "heat_only", "overlay_image", "score_one",
+    "worst_region_view",
     # image_uploads
     "MAX_BATCH_IMAGES", "MAX_UPLOAD_IMAGE_BYTES", "CascadeSettings", "UploadResult", "cascade_for_scoring",
     "images_from_folder", "images_from_zip", "png_bytes", "read_thresholds", "results_csv", "score_uploads",

@@ -135,3 +135,22 @@ def explain_patchcore(det, image: np.ndarray | str | Path) -> Explanation:
         note = "This model does not record its training images."
     return Explanation(qbox, qcrop, tbox, tcrop, tp, float(nb["distance"]), tuple(nb["query_cell"]),
                        tuple(nb["train_cell"]), grid, note)
+
+
+def worst_region_view(image: np.ndarray | str | Path, raw_map: np.ndarray, norm, mask_path: str | Path | None = None,
+                      crop: int = 256) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The overlay cropped at 1:1 pixels (``crop`` x ``crop`` of the image's own pixels) around the map's maximum,
+    and the window (y0, x0, y1, x1): on a 640-px board or a camera frame a 2-px pin-hole stays 2 px on screen."""
+    from core.data import read_image, read_mask
+    from core.visualize import worst_region_crop
+
+    img = read_image(image) if not isinstance(image, np.ndarray) else image
+    mask = read_mask(mask_path) if mask_path else None
+    return worst_region_crop(img, norm.normalise_map(np.asarray(raw_map, dtype=np.float32)), crop, mask)
+
+
+def export_bundle_zip(folder: str | Path) -> bytes:
+    """The model exported as a bundle that scores without torch (ONNX), zipped for a download."""
+    from core.bundle.export import export_bundle_zip as export
+
+    return export(folder)
