@@ -32,12 +32,20 @@ class ScoringWorker:
             os.environ[var] = str(threads)
         self.sha = sha
         self.scorer = load_scorer(model, threads)
+        self.rss: list[int] = []  # bytes after each batch (benchmarks/ray_scoring.py checks it stays flat)
 
     def pid(self) -> int:
         return os.getpid()
 
+    def rss_history(self) -> list[int]:
+        return list(self.rss)
+
     def score(self, bid: str, paths: list[str]) -> tuple[str, dict[str, list]]:
-        return bid, score_rows(self.scorer, paths, self.sha)
+        import psutil
+
+        rows = score_rows(self.scorer, paths, self.sha)
+        self.rss.append(int(psutil.Process().memory_info().rss))
+        return bid, rows
 
 
 def start_ray(address: str | None, repo_root: Path):
