@@ -97,7 +97,8 @@ def main() -> None:
             "max_relative_score_difference": float(np.max(np.abs(res.scores - ref.scores) / np.abs(ref.scores))),
             "decisions_differing": int(np.sum((res.scores >= b.threshold) != (ref.scores >= det.threshold))),
             "anomalous_decisions": int(np.sum(ref.scores >= det.threshold)),
-            "max_normalised_map_difference": float(np.abs(norm.normalise_map(res.maps) - norm.normalise_map(ref.maps)).max()),
+            "max_normalised_map_difference": float(
+                np.abs(norm.normalise_map(res.maps) - norm.normalise_map(ref.maps)).max()),
         }
 
     print(f"{args.detector}, fitted on {len(train)} magnetic_tile train/good images in {fit_s:.1f} s, exported in "

@@ -85,7 +85,8 @@ def test_sources_cli_and_wrong_model(demo_bundle, tmp_path, capsys):
         import pyarrow.parquet as pq
 
         tb = pq.read_table(part)
-        pq.write_table(tb.set_column(6, "model_sha", __import__("pyarrow").array(["x" * 64] * len(tb))), other / part.name)
+        foreign = tb.set_column(6, "model_sha", __import__("pyarrow").array(["x" * 64] * len(tb)))
+        pq.write_table(foreign, other / part.name)
     with pytest.raises(WorkbenchError, match="another model"):
         score_to_parquet(bundle, [str(tmp_path / "list.txt")], other)
 

@@ -19,7 +19,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from core.bundle import MANIFEST_NAME, is_bundle
 from core.bundle.manifest import BUNDLE_FORMAT_VERSION, FORMATS
 from core.errors import WorkbenchError
 from core.storage import PRODUCT, atomic_write_bytes, atomic_write_json, sha256_file
+
+if TYPE_CHECKING:  # annotations only: the module must import without torch
+    import torch
 
 ONNX_OPSET = 17
 GRAPH_FILES = {"onnx": "feature.onnx", "openvino": "feature.xml"}
@@ -86,7 +89,8 @@ def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
         import openvino as ov
     except ImportError as exc:
         raise WorkbenchError(f"Exporting to OpenVINO needs the openvino package ({exc}).",
-                             "Install it with `pip install openvino==2026.4.1`, or export --format onnx only.") from None
+                             "Install it with `pip install openvino==2026.4.1`, or export --format onnx only."
+                             ) from None
     # fp32 weights: save_model halves them by default, which would move scores by ~1e-3.
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
 

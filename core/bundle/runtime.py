@@ -162,7 +162,8 @@ class BundleScorer:
         with self._blas():
             return self._score_batch_timed(images, seconds)
 
-    def _score_batch_timed(self, images: Sequence[np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    def _score_batch_timed(self, images: Sequence[np.ndarray],
+                           seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
         emb = self.graph.run(np.ascontiguousarray(self.preprocess(images), dtype=np.float32))
         t1 = time.perf_counter()

@@ -3,7 +3,7 @@
 The output is a folder of partitions ``part-<id>.parquet``, one per batch of images, each written atomically as
 its batch finishes. A batch's id is a hash of its paths, so a batch that is scored twice (a retried Ray task
 after a killed worker) writes the same partition again instead of adding rows; a rerun after a crash reads the
-paths already written and scores only the others. Columns: path, score, decision, score_normalised, route,
+paths already written and scores only the others. Columns: path, score, decision, score_to_threshold, route,
 error, model_sha. Rows of unreadable images carry the error and no score.
 """
 
@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from core.errors import WorkbenchError
 
-COLUMNS = ("path", "score", "decision", "score_normalised", "route", "error", "model_sha")
+COLUMNS = ("path", "score", "decision", "score_to_threshold", "route", "error", "model_sha")
 PART_PREFIX = "part-"
 
 
@@ -92,8 +94,8 @@ def load_scorer(model: str | Path, threads: int | None = None):
 def score_rows(scorer, paths: Sequence[str], sha: str) -> dict[str, list]:
     """Score ``paths`` (in order) and return the rows, column by column."""
     res = scorer.score_paths(list(paths), cache=None)
-    norm = scorer.normalisation.normalise(res.scores)
     thr = scorer.threshold
+    ratio = np.asarray(res.scores, dtype=np.float64) / thr  # score / threshold, the scale users see everywhere
     by_index = {i: k for k, i in enumerate(res.ok)}
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     for i, path in enumerate(paths):
@@ -102,7 +104,7 @@ def score_rows(scorer, paths: Sequence[str], sha: str) -> dict[str, list]:
         cols["path"].append(str(path))
         cols["score"].append(s)
         cols["decision"].append("error" if s is None else ("anomalous" if s >= thr else "normal"))
-        cols["score_normalised"].append(float(norm[k]) if k is not None else None)
+        cols["score_to_threshold"].append(float(ratio[k]) if k is not None else None)
         cols["route"].append("" if s is None else "heatmap")  # no gate in front: every image is the heatmap's
         cols["error"].append(res.errors.get(i, ""))
         cols["model_sha"].append(sha)
@@ -121,7 +123,7 @@ def write_partition(out: Path, bid: str, cols: dict[str, list]) -> Path:
     from core.storage import atomic_write_bytes
 
     schema = pa.schema([("path", pa.string()), ("score", pa.float64()), ("decision", pa.string()),
-                        ("score_normalised", pa.float64()), ("route", pa.string()), ("error", pa.string()),
+                        ("score_to_threshold", pa.float64()), ("route", pa.string()), ("error", pa.string()),
                         ("model_sha", pa.string())])
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pydict(cols, schema=schema), buf)
@@ -147,7 +149,8 @@ def done_paths(out: Path, sha: str) -> set[str]:
     return done
 
 
-def plan(sources: Sequence[str], model: str | Path, out: str | Path, batch_size: int) -> tuple[list[list[str]], int, int, str]:
+def plan(sources: Sequence[str], model: str | Path, out: str | Path,
+         batch_size: int) -> tuple[list[list[str]], int, int, str]:
     """(batches still to score, images in the source, images already done, model sha)."""
     if batch_size < 1:
         raise WorkbenchError(f"Batch size {batch_size} is not valid.", "Give --batch-size 1 or more.")
@@ -165,7 +168,8 @@ def plan(sources: Sequence[str], model: str | Path, out: str | Path, batch_size:
 
 
 def score_to_parquet(model: str | Path, sources: Sequence[str], out: str | Path, batch_size: int = 64,
-                     threads: int | None = None, progress: Callable[[str, int, int], None] | None = None) -> BatchSummary:
+                     threads: int | None = None,
+                     progress: Callable[[str, int, int], None] | None = None) -> BatchSummary:
     """Score every image of ``sources`` in this process into the Parquet folder ``out`` (resumable)."""
     t0 = time.perf_counter()
     batches, total, already, sha = plan(sources, model, out, batch_size)
