@@ -44,7 +44,7 @@ def run_one(name: str, dataset: Path, extra: list[str]) -> dict:
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        rss_kb = int(next(l.split()[1] for l in proc.stderr.splitlines() if l.startswith("PEAK_RSS_KB")))
+        rss_kb = int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")))
         m = json.loads((out / "metrics.json").read_text())
     rel = Path("..") / dataset.relative_to(REPO.parent)
     return {
@@ -78,7 +78,8 @@ def main() -> None:
         r = run_one(name, dataset, extra)
         rows.append(r)
         print(f"{name}: image {r['image_auroc']:.4f} pixel {r['pixel_auroc']:.4f} AUPRO {r['aupro']:.4f} "
-              f"fit {r['fit_seconds']:.1f} s {r['ms_per_image']:.0f} ms/image RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+              f"fit {r['fit_seconds']:.1f} s {r['ms_per_image']:.0f} ms/image RSS {r['peak_rss_gb']:.2f} GB",
+              flush=True)
     print()
     print(table(
         ["run", "scale", "image AUROC", "pixel AUROC", "AUPRO", "fit s", "ms/image", "peak RSS GB", "bank"],

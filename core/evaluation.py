@@ -67,7 +67,8 @@ def ground_truth_masks(
             if problems is not None:
                 problems.append(f"{exc} Left out of the pixel metrics.")
             continue
-        masks[i] = m if m.shape == (h, w) else cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        masks[i] = m if m.shape == (h, w) else (
+            cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0)
         usable[i] = True
     return masks, usable
 
@@ -181,7 +182,8 @@ def write_scores_csv(path: Path, ev: Evaluation, det: HeatmapDetector) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def write_worst_overlays(folder: Path, ev: Evaluation, det: HeatmapDetector, index: DatasetIndex, n: int = 4) -> list[str]:
+def write_worst_overlays(folder: Path, ev: Evaluation, det: HeatmapDetector, index: DatasetIndex,
+                         n: int = 4) -> list[str]:
     """Overlays of the ``n`` lowest-scored defects (misses) and highest-scored normals (false alarms)."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -139,7 +139,8 @@ class HeatmapDetector:
         names = {f.name for f in fields(cls.config_class)}
         unknown = sorted(set(settings) - names)
         if unknown:
-            raise WorkbenchError(f"{cls.kind} has no setting {', '.join(unknown)}.", f"Use: {', '.join(sorted(names))}.")
+            raise WorkbenchError(f"{cls.kind} has no setting {', '.join(unknown)}.",
+                                 f"Use: {', '.join(sorted(names))}.")
         return cls(cls.config_class(**settings))
 
     # --- scale ----------------------------------------------------------------------------------
@@ -254,7 +255,8 @@ class HeatmapDetector:
             self.set_scale(choose_scale(paths, self.default_size(), self.pixel_budget()))
         check_input_pixels(self.input_hw)
         salt = f"calibration:{self.seed}"
-        fit_paths, calib_paths = (paths, []) if self.leave_out_calibration else holdout(paths, self.calibration_fraction, salt)
+        fit_paths, calib_paths = ((paths, []) if self.leave_out_calibration
+                                  else holdout(paths, self.calibration_fraction, salt))
         if self._estimate_memory:
             check_memory(self.estimate_fit_bytes(len(fit_paths)), f"fitting {self.kind} on {len(fit_paths)} images")
         ext = self.extractor(cache)

@@ -115,7 +115,8 @@ class PatchCore(HeatmapDetector):
         from core.detectors.registry import FormField
 
         return (
-            FormField("coreset", "Coreset method", "choice", "greedy", ("greedy", *[m for m in METHODS if m != "greedy"]),
+            FormField("coreset", "Coreset method", "choice", "greedy",
+                      ("greedy", *[m for m in METHODS if m != "greedy"]),
                       help="greedy: k-center greedy (paper); random; variance-weighted greedy."),
             FormField("ratio", "Coreset ratio", "float", 0.01, minimum=0.001, maximum=1.0, step=0.005,
                       help="Share of all training patches kept."),
@@ -125,7 +126,8 @@ class PatchCore(HeatmapDetector):
     def add_cli_options(cls, p) -> None:
         p.add_argument("--pixel-budget", type=float, default=0.0,
                        help="PatchCore's automatic scale: megapixels an input may keep before it is scaled down "
-                            "(default 0: 0.41 MP, a 640 x 640 image; raise it to score larger images at their own size)")
+                            "(default 0: 0.41 MP, a 640 x 640 image; raise it to score larger images at their own "
+                            "size)")
         p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy", help="PatchCore")
         p.add_argument("--ratio", type=float, default=0.01, help="PatchCore: coreset size as a share of all patches")
         p.add_argument("--coreset-size", type=int, default=None,
