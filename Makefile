@@ -26,7 +26,7 @@ test: install lint
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pytest
 
-# Unit tests and the demo-data tests: no real-data fits, no browser, no background processes (~1.5 min).
+# Unit tests and the demo-data tests: no real-data fits, no browser, no background processes (~35 s).
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 

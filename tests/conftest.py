@@ -68,7 +68,7 @@ def hub_offline():
 
 
 # Modules that fit on real data, train, start processes or a browser: `make test-fast` (-m "not slow") leaves them
-# out. Everything else (unit tests, the demo data, the layering checks) runs in about a minute and a half.
+# out. Everything else (unit tests, the demo data, the layering checks) runs in about 35 seconds.
 SLOW_MODULES = {
     "test_app", "test_app_isolation", "test_browser", "test_bundle", "test_cascade", "test_cascade_views",
     "test_concurrency", "test_detector_contract", "test_detectors", "test_experiments", "test_faults", "test_gain",
