@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core import workbench as wb
-from ui import current_model, guarded, progress_sink, set_model, setup, show_error
+from ui import current_model, current_or_newest_model, guarded, progress_sink, set_model, setup, show_error
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -284,6 +284,7 @@ def gate_section() -> None:
 def main() -> None:
     setup("Data & models", "🏠")
     model_slot = st.sidebar.empty()  # filled last: a fit or a pick below changes the session's model
+    current_or_newest_model("under Saved models")  # as every other page: the newest model until one is picked
     root = dataset_section()
     fit_section(root)
     models_section()

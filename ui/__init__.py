@@ -99,20 +99,25 @@ def set_model(folder: str | Path | None) -> None:
     st.session_state["model_dir"] = None if folder is None else str(folder)
 
 
-def require_model() -> tuple[Path, wb.ModelInfo]:
-    """The session's model and its info, or a hint to pick one on the home page (and the page stops)."""
+def current_or_newest_model(where: str = "on the home page") -> Path | None:
+    """The session's model; when it has none, the newest saved model that loads (said in a caption), else None."""
     folder = current_model()
     if folder is None:
-        models = wb.list_models()
-        good = [m for m in models if not m.error]
+        good = [m for m in wb.list_models() if not m.error]
         if good:
             set_model(good[0].folder)
             folder = good[0].folder
-            st.caption(f"Using the newest saved model, {good[0].name!r} (change it on the home page).")
-        else:
-            st.info("No model yet. Fit one on the home page: one click fits PatchCore on the built-in demo.")
-            link_home()
-            st.stop()
+            st.caption(f"Using the newest saved model, {good[0].name!r} (change it {where}).")
+    return folder
+
+
+def require_model() -> tuple[Path, wb.ModelInfo]:
+    """The session's model and its info, or a hint to pick one on the home page (and the page stops)."""
+    folder = current_or_newest_model()
+    if folder is None:
+        st.info("No model yet. Fit one on the home page: one click fits PatchCore on the built-in demo.")
+        link_home()
+        st.stop()
     info = wb.model_info(folder)
     if info.error:
         st.error(info.error)

@@ -158,7 +158,7 @@ def band_histogram(rows: list[dict], x_title: str, domain: tuple[float, float], 
     return (alt.Chart(pd.DataFrame(marks + rows, columns=["bin_start", "bin_end", "count", "group"]))
             .mark_bar(binSpacing=0)
             .encode(x=alt.X("bin_start:Q", title=x_title, scale=alt.Scale(domain=list(domain), nice=False)),
-                    x2="bin_end:Q", y=alt.Y("count:Q", stack=None, title="images"),
+                    x2="bin_end:Q", y=alt.Y("count:Q", stack=None, title="images"), y2=alt.datum(0),
                     color=alt.Color("group:N", title=None, legend=alt.Legend(orient="top"),
                                     scale=alt.Scale(domain=names, range=palette), sort=names),
                     opacity=alt.Opacity("group:N", scale=alt.Scale(domain=names, range=opacity), legend=None),
