@@ -112,7 +112,7 @@ def main() -> None:
     zoom, (y0, x0, y1, x1) = wb.worst_region_view(res.paths[i], detail.raw_map, norm, res.masks[i])
     st.image(zoom, width=zoom.shape[1], caption=f"The worst region at 1:1: pixels {x0}-{x1} x {y0}-{y1} of the "
                                                 "image's own, one screen pixel each (a 2-px defect stays 2 px)")
-    review_controls(folder, Path(res.rel_paths[i]).name, Path(res.paths[i]).read_bytes(), outs[i], "hm_rv")
+    review_controls(folder, Path(res.rel_paths[i]).name, Path(res.paths[i]).read_bytes, outs[i], "hm_rv")
     if wb.explains_patches(info.kind):
         st.subheader("Why: the most anomalous patch and its nearest normal patch")
         try:

@@ -123,7 +123,7 @@ def show_results(folder, info, results: list[wb.UploadResult], context: dict, th
             zoom, (y0, x0, y1, x1) = wb.worst_region_view(r.image, r.raw_map, wb.normalisation_of(folder))
             st.image(zoom, width=zoom.shape[1], caption=f"{r.name}: the worst region at 1:1 (pixels {x0}-{x1} x "
                                                         f"{y0}-{y1} of the image's own)")
-        review_controls(folder, Path(r.name).name, wb.png_bytes(r.image),
+        review_controls(folder, Path(r.name).name, lambda: wb.png_bytes(r.image),
                         "FP" if r.decision == "anomalous" else "FN", "si_rv")
     drawn = [r for r in results if r.ok and r.raw_map is not None and r.image is not None]
     if not drawn:

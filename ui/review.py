@@ -4,6 +4,7 @@ or as a defect (for the gate), the model's versions with a restore, and the revi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import streamlit as st
@@ -12,8 +13,9 @@ from core import workbench as wb
 from ui import show_error
 
 
-def review_controls(folder: Path, name: str, data: bytes, outcome: str, key: str) -> None:
-    """Buttons for one image (``data``: its file bytes); the outcome (FP, FN, ...) decides which is suggested."""
+def review_controls(folder: Path, name: str, data: Callable[[], bytes], outcome: str, key: str) -> None:
+    """Buttons for one image (``data()`` gives its file bytes, read only when a button is pressed, not on every
+    rerun); the outcome (FP, FN, ...) decides which is suggested."""
     st.subheader("Review: tell the model")
     c1, c2, c3 = st.columns([2, 2, 2])
     who = c1.text_input("Reviewer", value=st.session_state.get("rv_who", "engineer"), key=f"{key}_who",
@@ -29,11 +31,11 @@ def review_controls(folder: Path, name: str, data: bytes, outcome: str, key: str
     try:
         if normal:
             with st.spinner("Adding the image to the model and fixing the threshold again…"):
-                out = wb.mark_normal(folder, [(name, data)], who)
+                out = wb.mark_normal(folder, [(name, data())], who)
             st.session_state["rv_last"] = out
             st.rerun()
         if defect:
-            wb.mark_defect(folder, [(name, data)], who)
+            wb.mark_defect(folder, [(name, data())], who)
             st.session_state["rv_last"] = wb.ReviewOutcome("mark as defect", None, [{"image": name}])
             st.rerun()
     except Exception as exc:  # noqa: BLE001

@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from core.errors import WorkbenchError
 
 COLUMNS = ("path", "score", "decision", "score_to_threshold", "route", "error", "model_sha")
@@ -94,8 +92,10 @@ def load_scorer(model: str | Path, threads: int | None = None):
 def score_rows(scorer, paths: Sequence[str], sha: str) -> dict[str, list]:
     """Score ``paths`` (in order) and return the rows, column by column."""
     res = scorer.score_paths(list(paths), cache=None)
+    from core.detectors.postprocess import score_to_threshold  # torch-free: bundles score through here too
+
     thr = scorer.threshold
-    ratio = np.asarray(res.scores, dtype=np.float64) / thr  # score / threshold, the scale users see everywhere
+    ratio = score_to_threshold(res.scores, thr)
     by_index = {i: k for k, i in enumerate(res.ok)}
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     for i, path in enumerate(paths):

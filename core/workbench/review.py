@@ -55,11 +55,10 @@ def check_reviewer(who: str) -> str:
 
 def _keep_image(folder: Path, name: str, data: bytes) -> Path:
     """A copy of a marked image inside the model folder (name from its content hash, so a re-mark is one file)."""
-    from core.data.images import check_scorable, read_image_bytes
+    from core.data.images import IMAGE_EXTENSIONS, check_scorable, read_image_bytes
 
     check_scorable(read_image_bytes(data, name), name)
-    suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif",
-                                                                         ".tiff") else ".png"
+    suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in IMAGE_EXTENSIONS else ".png"
     dest = _review_dir(folder) / "images" / f"{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
     if not dest.exists():
         atomic_write_bytes(dest, data)
