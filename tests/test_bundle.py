@@ -19,6 +19,7 @@ from core.bundle.runtime import load_bundle
 from core.cli import main as cli_main
 from core.data import index_dataset
 from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig, load_detector
+from core.detectors.search import SearchConfig
 from core.errors import ModelFormatError, WorkbenchError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,13 +34,20 @@ def tile(magnetic_tile):
     return train, test
 
 
-@pytest.fixture(scope="module", params=["patchcore", "padim"])
+@pytest.fixture(scope="module", params=["patchcore", "patchcore-ivfflat", "padim"])
 def exported(request, tile, tmp_path_factory):
     """(model folder, bundle folder with both graphs, torch-path result on the test slice)."""
     root = tmp_path_factory.mktemp(request.param)
     # PatchCore with the default second (image-score) bank; PaDiM with its default 100 random channels.
-    det = PatchCore(PatchCoreConfig(ratio=0.02)) if request.param == "patchcore" else Padim(PadimConfig())
+    # "patchcore-ivfflat": one 5 % bank (1,352 rows) searched by IVF-Flat, as high-resolution models are; the
+    # bundle carries the fitted IVF index itself.
+    det = {"patchcore": lambda: PatchCore(PatchCoreConfig(ratio=0.02)),
+           "patchcore-ivfflat": lambda: PatchCore(PatchCoreConfig(ratio=0.05, rescore_ratio=0.0,
+                                                                  index=SearchConfig("ivfflat"))),
+           "padim": lambda: Padim(PadimConfig())}[request.param]()
     det.fit(tile[0])
+    if request.param == "patchcore-ivfflat":
+        assert det.index.kind == "ivfflat"
     det.save(root / "model")
     export_bundle(root / "model", root / "bundle", ["onnx", "openvino"])
     ref = load_detector(root / "model").score_paths(tile[1])

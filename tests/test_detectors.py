@@ -246,6 +246,35 @@ def test_ivfpq_with_rerank_matches_flat_distances(patchcore, data):
     np.testing.assert_allclose(d[:, 0], exact, rtol=1e-4, atol=1e-5)  # re-ranked distances are exact ones
 
 
+def test_ivfflat_distances_are_exact_and_short_queries_are_searched_exactly(patchcore):
+    """IVF-Flat measures exact distances to the rows of the probed cells: with every cell probed it is the flat
+    search; with one cell probed, a query whose cell holds fewer than k rows still gets k real rows (exact search)."""
+    from core.detectors.search import MemoryBankIndex
+
+    bank = patchcore._score_bank()[0]
+    rng = np.random.default_rng(0)
+    queries = bank[rng.choice(len(bank), 300, replace=False)] + rng.normal(0, 0.05, (300, bank.shape[1])).astype(
+        np.float32
+    )
+    flat_d, flat_i = MemoryBankIndex(bank, SearchConfig("flat")).search(queries, 5)
+    every = MemoryBankIndex(bank, SearchConfig("ivfflat", nlist=16, nprobe=16))
+    assert every.kind == "ivfflat" and every.effective == {"nlist": 16}
+    d, i = every.search(queries, 5)
+    np.testing.assert_array_equal(i, flat_i)
+    exact = ((queries[:, None, :] - bank[i]) ** 2).sum(axis=2)  # (faiss's flat GEMM rounds with the norms)
+    np.testing.assert_allclose(d, exact, rtol=1e-4, atol=1e-4)
+    one = MemoryBankIndex(bank, SearchConfig("ivfflat", nprobe=1))  # ~2 sqrt(n) cells of ~18 rows
+    k = max(one.ivf.invlists.list_size(j) for j in range(one.ivf.nlist)) + 1  # more than any one cell holds
+    d, i = one.search(queries, k)
+    assert (i >= 0).all() and np.isfinite(d).all()
+    np.testing.assert_array_equal(i, MemoryBankIndex(bank, SearchConfig("flat")).search(queries, k)[1])
+    d1, i1 = one.search(queries, 1)
+    exact = ((queries - bank[i1[:, 0]]) ** 2).sum(axis=1)
+    np.testing.assert_allclose(d1[:, 0], exact, rtol=1e-4, atol=1e-4)  # the rows it found, measured exactly
+    true = ((queries - bank[flat_i[:, 0]]) ** 2).sum(axis=1)
+    assert (d1[:, 0] >= true - 1e-4).all()  # never nearer than the true neighbour
+
+
 def test_flat_search_split_over_threads_equals_one_call(patchcore, monkeypatch):
     """The queries of a flat search are searched in slices on a thread pool (faiss-cpu's OpenBLAS is single-
     threaded): same neighbours, same distances up to float rounding, any k, any query count, in order."""

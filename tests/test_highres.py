@@ -45,8 +45,12 @@ def test_default_fit_scores_pcb_boards_at_their_own_size_and_beats_208_px(pcb, t
     auto = PatchCore(PatchCoreConfig())  # the defaults, as `fit` with no size flag
     report = auto.fit(train, cache=tmp_cache)
     assert auto.input_hw == (640, 640) and report.scale["mode"] == "native"
-    assert "640 x 640" in report.notes[0] and "no image-score bank" in report.notes[1]
-    assert auto.extra_bank is None and len(auto.bank) == round(0.01 * N_TRAIN * 80 * 80)
+    assert "640 x 640" in report.notes[0] and "no image-score bank" in report.notes[2]
+    # The high-resolution settings replace the defaults, and say so (core.detectors.patchcore.HighResolutionSettings)
+    assert report.notes[1].startswith("high-resolution settings: ratio 0.03, projection_dim 64, map_neighbors 1, "
+                                   "blur_sigma 6, index ivfflat (nprobe 8)")
+    assert auto.extra_bank is None and len(auto.bank) == round(0.03 * N_TRAIN * 80 * 80)
+    assert auto.index.kind == "ivfflat" and auto.cfg.map_neighbors == 1 and auto.blur_sigma == 6.0
     small = PatchCore(PatchCoreConfig(image_size=208))
     small.fit(train, cache=tmp_cache)
     assert small.scale.mode == "forced" and small.input_hw == (208, 208)
@@ -63,13 +67,16 @@ def test_automatic_scale_is_recorded_reproducible_and_survives_save_and_load(pcb
     tiles = index_dataset(magnetic_tile)
     small = choose_scale([str(tiles.abs_path(r)) for r in tiles.split("train_normal")], 208)
     assert small.hw == (208, 208) and small.mode == "default"  # magnetic_tile keeps the tuned default
-    det = PatchCore(PatchCoreConfig(ratio=0.01, rescore_ratio=0.0))
-    det.fit(train[:4])
+    det = PatchCore(PatchCoreConfig(map_neighbors=2, rescore_ratio=0.0))  # a setting the user chose is kept
+    det.fit(train[:6])  # 1,152 bank rows: enough for IVF cells (under 1,024 the search is flat)
+    assert det.cfg.map_neighbors == 2 and det.cfg.ratio == 0.03 and det.index.kind == "ivfflat"
     det.save(tmp_path / "model")
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     assert cfg["format_version"] == 2 and cfg["scale"]["mode"] == "native" and cfg["input_hw"] == [640, 640]
     loaded = load_detector(tmp_path / "model")
     assert loaded.input_hw == (640, 640) and not loaded.auto_scale
+    assert (loaded.cfg.ratio, loaded.cfg.map_neighbors, loaded.cfg.index, loaded.blur_sigma) == (
+        0.03, 2, det.cfg.index, 6.0) and loaded.index.kind == "ivfflat"
     from core.data import read_image
 
     img = read_image(train[0])

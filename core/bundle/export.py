@@ -113,7 +113,7 @@ def _arrays(det) -> dict[str, np.ndarray]:
     arrays = {"bank": det.bank}
     if det.extra_bank is not None and len(det.extra_bank):
         arrays["extra_bank"] = det.extra_bank
-    if det.index.kind == "ivfpq":  # the fitted indexes themselves; flat ones are rebuilt exactly from the rows
+    if det.index.kind != "flat":  # the fitted IVF indexes themselves; flat ones are rebuilt exactly from the rows
         arrays["map_index"] = det.index.to_bytes()
         if det.rescore_index is not None:
             arrays["score_index"] = det.rescore_index.to_bytes()

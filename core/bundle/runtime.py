@@ -138,10 +138,10 @@ class BundleScorer:
         score_bank = np.concatenate([bank, arrays["extra_bank"]]) if "extra_bank" in arrays else None
 
         def index_over(rows: np.ndarray, name: str) -> MemoryBankIndex:
-            if name in arrays:  # IVF-PQ: the fitted index itself (its k-means is not rebuilt)
+            if name in arrays:  # IVF-Flat / IVF-PQ: the fitted index itself (its k-means is not rebuilt)
                 ix = faiss.deserialize_index(arrays[name])
                 faiss.extract_index_ivf(ix).nprobe = search.nprobe
-                return MemoryBankIndex.from_faiss(rows, ix, "ivfpq", search)
+                return MemoryBankIndex.from_faiss(rows, ix, search.kind, search)
             return MemoryBankIndex(rows, SearchConfig(kind="flat"))
 
         self.index = index_over(bank, "map_index")

@@ -16,7 +16,7 @@ costs ~1 ms per image instead of the ~5x search a 5 % bank would cost for every 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from core.detectors.coreset import coreset_size, greedy_continue, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
 from core.detectors.patch_scoring import PatchScoring, score_patches
 from core.detectors.scale import DEFAULT_PIXEL_BUDGET
-from core.detectors.search import MemoryBankIndex, SearchConfig
+from core.detectors.search import INDEX_KINDS, MemoryBankIndex, SearchConfig
 from core.progress import ProgressFn
 
 
@@ -65,6 +65,27 @@ class PatchCoreConfig:
     blur_sigma: float = 4.0
     index: SearchConfig = SearchConfig()
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class HighResolutionSettings:
+    """What PatchCore uses instead of its defaults when the automatic scale scores images at (or near) their own
+    size (scale mode ``native`` or ``capped``): a setting still at its PatchCoreConfig default takes the value here,
+    one a user set is kept.
+
+    At 640 px a defect of a few pixels is one or two stride-8 cells: a denser bank (fewer rare normal patterns left
+    uncovered), the nearest bank patch alone for the map (the k-NN mean of 3 spreads a one-cell defect into its
+    surroundings) and a wider blur (a 640-px map of 8-px cells) each raised pixel AUROC and AUPRO. The denser bank's
+    costs are bought back: the greedy coreset measures distances in a 64-d random projection (its cost is patches x
+    picks x dimensions, and the patches grow with the pixel count) and IVF-Flat searches a few cells of the bank
+    with exact distances instead of all of it. Chosen on deeppcb_00041 by benchmarks/highres_settings.py.
+    """
+
+    ratio: float = 0.03
+    projection_dim: int = 64
+    map_neighbors: int = 1
+    blur_sigma: float = 6.0
+    index: SearchConfig = SearchConfig(kind="ivfflat", nprobe=8)
 
 
 LEAVE_OUT_MARGIN = 16  # extra neighbours of a leave-out search's first, short pass
@@ -129,7 +150,9 @@ class PatchCore(HeatmapDetector):
                             "(default 0: 0.41 MP, a 640 x 640 image; raise it to score larger images at their own "
                             "size)")
         p.add_argument("--coreset", choices=["greedy", "random", "variance"], default="greedy", help="PatchCore")
-        p.add_argument("--ratio", type=float, default=0.01, help="PatchCore: coreset size as a share of all patches")
+        p.add_argument("--ratio", type=float, default=0.01,
+                       help="PatchCore: coreset size as a share of all patches (0.03 at the automatic high-resolution "
+                            "scale)")
         p.add_argument("--coreset-size", type=int, default=None,
                        help="PatchCore: absolute coreset size (overrides --ratio)")
         p.add_argument("--rescore-ratio", type=float, default=0.05,
@@ -140,12 +163,14 @@ class PatchCore(HeatmapDetector):
         p.add_argument("--num-neighbors", type=int, default=9,
                        help="PatchCore: bank neighbours for the score reweighting")
         p.add_argument("--map-neighbors", type=int, default=3,
-                       help="PatchCore: nearest bank patches averaged into each map cell (1 = the paper's map)")
+                       help="PatchCore: nearest bank patches averaged into each map cell (1 = the paper's map, and "
+                            "the automatic high-resolution scale's)")
         p.add_argument("--fine-layer-weight", type=float, default=1.0,
                        help="PatchCore: scale of the stride-8 features in patch distances (<1 favours image-level "
                             "detection and pixel AUROC, >1 small defects and AUPRO)")
-        p.add_argument("--index", choices=["flat", "ivfpq"], default="flat", help="PatchCore: faiss index")
-        p.add_argument("--nprobe", type=int, default=8, help="PatchCore: IVF lists searched (--index ivfpq)")
+        p.add_argument("--index", choices=list(INDEX_KINDS), default="flat",
+                       help="PatchCore: faiss index (the automatic high-resolution scale uses ivfflat)")
+        p.add_argument("--nprobe", type=int, default=8, help="PatchCore: IVF lists searched (--index ivf*)")
 
     @classmethod
     def settings_from_cli(cls, args) -> dict[str, Any]:
@@ -199,11 +224,28 @@ class PatchCore(HeatmapDetector):
             return min(channels, self.cfg.projection_dim)
         return channels if channels <= 256 else 128
 
+    def use_high_resolution_settings(self) -> dict[str, Any]:
+        """Take :class:`HighResolutionSettings` for every setting left at its default; returns those changed."""
+        default, high = PatchCoreConfig(), HighResolutionSettings()
+        changed = {f.name: getattr(high, f.name) for f in fields(high)
+                   if getattr(self.cfg, f.name) == getattr(default, f.name) != getattr(high, f.name)}
+        if changed:
+            self.cfg = replace(self.cfg, **changed)
+            self.blur_sigma = float(self.cfg.blur_sigma)
+        return changed
+
     def fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
+        high_resolution = self.scale.mode in ("native", "capped")
+        if high_resolution:
+            changed = self.use_high_resolution_settings()
+            if changed:
+                self.fit_notes.append("high-resolution settings: " + ", ".join(
+                    f"{k} {v.kind} (nprobe {v.nprobe})" if isinstance(v, SearchConfig) else f"{k} {v:g}"
+                    for k, v in changed.items()))
         patches, variance, (h, w) = self._fit_patches(features)
         self.grid = (h, w)
         rescore_ratio = self.cfg.rescore_ratio
-        if self.scale.mode in ("native", "capped") and rescore_ratio > self.cfg.ratio:
+        if high_resolution and rescore_ratio > self.cfg.ratio:
             # Greedy picks x patches grows with the pixel count squared: at 640 px on deeppcb the 5 % image-score
             # bank meant 45k picks over 902k patches. The automatic high-resolution scale keeps one bank.
             rescore_ratio = 0.0

@@ -1,8 +1,11 @@
-"""Nearest-neighbour search over the memory bank with faiss: exact ``flat`` or ``ivfpq`` with exact re-rank.
+"""Nearest-neighbour search over the memory bank with faiss: exact ``flat``, ``ivfflat`` or ``ivfpq`` with exact
+re-rank.
 
-IVF-PQ alone returns approximate distances; with ``rerank`` it fetches ``rerank_factor * k`` candidates and
-recomputes their exact distances against the stored vectors (faiss ``IndexRefineFlat``), so the distances
-PatchCore scores with are exact whenever the true neighbour is among the candidates.
+IVF-Flat searches the ``nprobe`` cells nearest each query and measures exact distances to the rows stored there:
+a distance is exact whenever the true neighbour lies in a probed cell, and otherwise an over-estimate. IVF-PQ
+alone returns approximate distances; with ``rerank`` it fetches ``rerank_factor * k`` candidates and recomputes
+their exact distances against the stored vectors (faiss ``IndexRefineFlat``). A query for which an IVF index finds
+fewer than ``k`` rows (its probed cells hold fewer) is searched exactly, so no result carries a missing row.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-INDEX_KINDS = ("flat", "ivfpq")
+INDEX_KINDS = ("flat", "ivfflat", "ivfpq")
 # faiss computes a flat search's distances as one GEMM, and faiss-cpu's wheels bundle a single-threaded OpenBLAS
 # (its config string ends in SINGLE_THREADED), so that GEMM runs on one core whatever omp_set_num_threads says.
 # Contiguous slices of the queries searched from several Python threads (faiss releases the GIL; its CPU indexes
@@ -51,7 +54,7 @@ class SearchConfig:
     """How the memory bank is searched."""
 
     kind: str = "flat"
-    nlist: int = 0  # IVF cells; 0 = about 4 * sqrt(bank size)
+    nlist: int = 0  # IVF cells; 0 = about 4 * sqrt(bank size) (IVF-PQ) or 2 * sqrt(bank size) (IVF-Flat)
     m: int = 0  # PQ sub-quantisers; 0 = largest divisor of the dimension <= dim / 2 (up to 64)
     nbits: int = 8  # bits per sub-quantiser code
     nprobe: int = 8
@@ -79,12 +82,25 @@ class MemoryBankIndex:
             raise ValueError(f"unknown index kind {config.kind!r}; choose one of {', '.join(INDEX_KINDS)}")
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.config = config
+        self._exact = None  # a flat index over the bank, made when an IVF search first needs an exact one
         n, dim = self.bank.shape
         if config.kind == "flat" or n < 1024:
             self.index = faiss.IndexFlatL2(dim)
             self.index.add(self.bank)
             self.kind = "flat"
             self.effective = {}
+            return
+        if config.kind == "ivfflat":
+            nlist = config.nlist or max(1, min(int(round(2 * np.sqrt(n))), n // 39))
+            self._quantizer = faiss.IndexFlatL2(dim)  # kept: the IVF index points into it
+            ivf = faiss.IndexIVFFlat(self._quantizer, dim, nlist)
+            ivf.cp.seed = seed
+            ivf.train(self.bank)
+            ivf.add(self.bank)
+            ivf.nprobe = config.nprobe
+            self.ivf = self.index = ivf
+            self.kind = "ivfflat"
+            self.effective = {"nlist": nlist}
             return
         nlist = config.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
         m = config.m or _default_m(dim)
@@ -114,6 +130,9 @@ class MemoryBankIndex:
         self = cls.__new__(cls)
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.config, self.index, self.kind, self.effective = config, index, kind, {}
+        self._exact = None
+        if kind != "flat":
+            self.ivf = faiss_ivf(index)
         return self
 
     def to_bytes(self) -> np.ndarray:
@@ -135,6 +154,22 @@ class MemoryBankIndex:
         else:
             parts = list(_search_pool().map(lambda part: self.index.search(part, k), np.array_split(q, slices)))
             d, i = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if self.kind != "flat":
+            short = np.flatnonzero((i[:, : min(k, len(self.bank))] < 0).any(axis=1))
+            if len(short):
+                d[short], i[short] = self.search_exact(q[short], k)
+        return np.maximum(d, 0.0), i
+
+    def search_exact(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``(squared L2 distances, indices)`` over the whole bank, whatever this index's kind."""
+        import faiss
+
+        if self.kind == "flat":
+            return self.search(queries, k)
+        if self._exact is None:
+            self._exact = faiss.IndexFlatL2(self.bank.shape[1])
+            self._exact.add(self.bank)
+        d, i = self._exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return np.maximum(d, 0.0), i
 
     def ivf_bytes(self) -> int:
@@ -148,3 +183,10 @@ class MemoryBankIndex:
         import faiss
 
         return int(faiss.serialize_index(self.index).size)
+
+
+def faiss_ivf(index):
+    """The IVF index inside a faiss index (itself, or the one an ``IndexRefineFlat`` wraps)."""
+    import faiss
+
+    return faiss.extract_index_ivf(index)
