@@ -2,7 +2,7 @@
 magnetic_tile, each in a fresh process with a fresh feature cache (what a new user's first run costs), beside
 deeppcb at the old fixed 208 px as the baseline run by the same script.
 
-    .venv/bin/python benchmarks/highres_pcb.py [--runs pcb,pcb208,tile]
+    .venv/bin/python benchmarks/highres_pcb.py [--runs pcb,pcb208,pcb_bf16,tile]
 
 Each row is ``python -m core evaluate DATASET --detector patchcore --out TMP [extra]`` with WORKBENCH_CACHE pointing
 to an empty folder: image AUROC, pixel AUROC, AUPRO, fit seconds, ms per image (batches of 16 decoded images,
@@ -26,6 +26,7 @@ DEEPPCB = REPO.parent / "shared" / "datasets" / "deeppcb_00041"
 RUNS = {
     "pcb": (DEEPPCB, []),
     "pcb208": (DEEPPCB, ["--image-size", "208"]),
+    "pcb_bf16": (DEEPPCB, ["--precision", "bfloat16"]),
     "tile": (MAGNETIC_TILE, []),
 }
 # Runs core.cli in the child and reports the child's own peak RSS (ru_maxrss, KiB on Linux).
@@ -69,7 +70,7 @@ def run_one(name: str, dataset: Path, extra: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", default="pcb,pcb208,tile", help=f"comma-separated, of {', '.join(RUNS)}")
+    ap.add_argument("--runs", default="pcb,pcb208,pcb_bf16,tile", help=f"comma-separated, of {', '.join(RUNS)}")
     args = ap.parse_args()
     started = time.perf_counter()
     rows = []

@@ -55,6 +55,26 @@ def test_other_layers_or_size_are_other_entries(images, tmp_cache):
     assert bigger.extract_paths(images[:1]).cache.misses == 1
 
 
+def test_bfloat16_pass_is_close_to_float32_and_cached_apart(images, tmp_cache):
+    """``precision="bfloat16"`` really computes in bfloat16 (features differ by a few %, not 0), stays close to the
+    float32 pass, and is its own cache entry: a float32 entry is never served for it, nor the reverse."""
+    f32 = _extractor(tmp_cache).extract_paths(images[:2])
+    b16_ext = FeatureExtractor(FeatureSpec("tf_efficientnet_lite0", (), 224, precision="bfloat16"), cache=tmp_cache)
+    b16 = b16_ext.extract_paths(images[:2])
+    assert b16.cache.misses == 2 and b16.cache.hits == 0
+    for name in b16_ext.spec.layers:
+        a, b = f32.features[name], b16.features[name]
+        assert b.dtype == np.float32 and b.shape == a.shape
+        rel = float(np.abs(a - b).mean() / np.abs(a).mean())
+        assert 1e-3 < rel < 0.15, rel
+        corr = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        assert corr > 0.99, corr
+    again = b16_ext.extract_paths(images[:2])
+    assert again.cache.hits == 2
+    np.testing.assert_array_equal(again.features[name], b16.features[name])
+    assert _extractor(tmp_cache).extract_paths(images[:2]).cache.hits == 2  # float32 entries untouched
+
+
 def test_corrupt_entry_is_dropped_and_recomputed(images, tmp_cache):
     ext = _extractor(tmp_cache)
     clean = ext.extract_paths(images[:1]).features

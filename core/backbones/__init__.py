@@ -1,8 +1,10 @@
 """Offline pretrained backbones: ImageNet CNNs and a DINOv2 ViT, converted once from PyPI weight packages."""
 
 from core.backbones.registry import (
+    PRECISIONS,
     BackboneInfo,
     LoadedBackbone,
+    bfloat16_is_fast,
     clear_loaded,
     get_backbone_info,
     is_available,
@@ -12,8 +14,10 @@ from core.backbones.registry import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "BackboneInfo",
     "LoadedBackbone",
+    "bfloat16_is_fast",
     "clear_loaded",
     "get_backbone_info",
     "is_available",

@@ -43,6 +43,12 @@ class LoadedBackbone:
     _graphs: dict[tuple, torch.jit.ScriptModule | None] = field(default_factory=dict, repr=False)
     _graph_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @property
+    def fast_bfloat16(self) -> bool:
+        """Whether this device computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16
+        or AMX (elsewhere bfloat16 autocast is emulated, and slower than float32)."""
+        return bfloat16_is_fast(self.device)
+
     def set_channels_last(self, on: bool) -> None:
         """Run the CNN in NHWC layout (faster on CPU) or NCHW; features are the same up to float rounding."""
         on = bool(on) and self.info.kind != "vit"
@@ -131,13 +137,18 @@ class LoadedBackbone:
         x = x.to(self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def feature_maps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def feature_maps(
+        self, x: torch.Tensor, layers: Sequence[str], precision: str = "float32"
+    ) -> dict[str, torch.Tensor]:
         """B x C x h x w feature maps of the named modules; the forward pass stops after the deepest one.
 
         For ViT blocks the tokens are reshaped to B x C x (H / patch) x (W / patch), class/register tokens dropped.
         On the CPU a CNN's inference copy runs as a frozen graph per input size (``feature_graph.py``), checked
-        against this eager pass when built.
+        against this eager pass when built. ``precision="bfloat16"`` runs the pass under bfloat16 autocast (eager;
+        float32 maps out): fast only where the device computes bfloat16 natively (``fast_bfloat16``).
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         layers = tuple(dict.fromkeys(layers))
         if not layers:
             return {}
@@ -150,6 +161,9 @@ class LoadedBackbone:
                     f"{self.info.name} has no layer {name!r}.",
                     f"Choose from: {', '.join(self.info.all_layers) or 'its module names'}.",
                 ) from None
+        if precision == "bfloat16":
+            maps = self._eager_feature_maps(x, layers, bfloat16=True)
+            return {n: self._to_map(t, x).float() for n, t in maps.items()}
         graph = self._feature_graph(layers, x)
         if graph is not None:
             with torch.inference_mode():
@@ -173,11 +187,14 @@ class LoadedBackbone:
                 self._graphs[key] = trace_feature_graph(self.inference_model, layers, probe, eager, self.onednn_graph)
             return self._graphs[key]
 
-    def _eager_feature_maps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _eager_feature_maps(self, x: torch.Tensor, layers: Sequence[str], bfloat16: bool = False
+                            ) -> dict[str, torch.Tensor]:
         """Raw outputs of ``layers`` from a forward pass stopped after the deepest of them (hooks)."""
         from core.backbones.feature_graph import capture_layers
 
-        with torch.inference_mode():
+        if bfloat16 and self.info.kind != "vit":
+            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's bfloat16 convolutions want NHWC
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
             captured = capture_layers(self.inference_model, layers, x)
         not_run = [n for n in layers if n not in captured]
         if not_run:
@@ -234,6 +251,32 @@ def _timm_data_cfg(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[flo
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     return mean, std, size
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def bfloat16_is_fast(device: str | torch.device | None = None) -> bool:
+    """Whether ``device`` (None: the one backbones load on) computes bfloat16 natively (see
+    ``LoadedBackbone.fast_bfloat16``); on the CPU read from the Linux CPU flags, False where there are none."""
+    dev = config.torch_device(str(device) if device is not None else None)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(_CPU_BF16_FLAGS & _cpu_flags())
+
+
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def load_backbone(name: str, device: str | torch.device | None = None) -> LoadedBackbone:

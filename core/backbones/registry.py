@@ -13,10 +13,12 @@ import dataclasses  # noqa: F401  (tests replace sources through registry.datacl
 from core.backbones.catalogue import _guess_kind, get_backbone_info, list_backbones  # noqa: F401
 from core.backbones.hub import _create_from_hub, hub_reachable  # noqa: F401
 from core.backbones.loaded import (  # noqa: F401
+    PRECISIONS,
     TRACE_MAX_PIXELS,
     LoadedBackbone,
     _checked_folded_copy,
     _load_uncached,
+    bfloat16_is_fast,
     clear_loaded,
     load_backbone,
 )

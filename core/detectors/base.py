@@ -100,6 +100,7 @@ class HeatmapDetector:
         self.image_size = int(image_size)
         self.blur_sigma = float(blur_sigma)
         self.seed = int(seed)
+        self.precision = "float32"  # the backbone's arithmetic (core.backbones.PRECISIONS); subclasses may set it
         self.normalisation: Normalisation | None = None
         self.train_fingerprint: str = ""
         self.train_paths: list[str] = []
@@ -160,12 +161,17 @@ class HeatmapDetector:
     def _on_scale_change(self) -> None:
         """Hook for subclasses whose config repeats the size."""
 
+    def adapt_to_scale(self) -> None:
+        """Hook, called by :meth:`fit` once the scale is chosen and before any feature is taken: settings that
+        follow the scale (PatchCore's HighResolutionSettings), each noted in ``fit_notes``. Never called on load: a
+        saved model keeps the settings it was fitted with."""
+
     # --- features -------------------------------------------------------------------------------
     def extractor(self, cache: FeatureCache | None = None, device: str | None = None) -> FeatureExtractor:
         """The feature extractor for this model's backbone, layers and size (created once)."""
         if self._extractor is None:
             h, w = self.input_hw
-            spec = FeatureSpec(self.backbone, self.layers, max(h, w), None if h == w else (h, w))
+            spec = FeatureSpec(self.backbone, self.layers, max(h, w), None if h == w else (h, w), self.precision)
             self._extractor = FeatureExtractor(spec, device=device, cache=cache)
             self.layers = self._extractor.spec.layers
             if self.weights_sha256 and self.weights_sha256 != self._extractor.weights_sha256:
@@ -253,6 +259,7 @@ class HeatmapDetector:
         self.fit_notes = []
         if self.auto_scale:
             self.set_scale(choose_scale(paths, self.default_size(), self.pixel_budget()))
+        self.adapt_to_scale()
         check_input_pixels(self.input_hw)
         salt = f"calibration:{self.seed}"
         fit_paths, calib_paths = ((paths, []) if self.leave_out_calibration
@@ -428,6 +435,7 @@ class HeatmapDetector:
             "input_hw": list(self.input_hw),
             "scale": self.scale.to_dict(),
             "blur_sigma": self.blur_sigma,
+            "precision": self.precision,
             "seed": self.seed,
             "weights_sha256": self.weights_sha256,
             "train_fingerprint": self.train_fingerprint,

@@ -47,13 +47,22 @@ def coreset_size(n: int, ratio: float | None, size: int | None) -> int:
     return max(1, min(n, k))
 
 
+PROJECTION_CHUNK_ROWS = 65536
+
+
 def random_projection(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
     """Gaussian JL projection of rows of ``x`` to ``dim`` dimensions (identity when already small)."""
     if dim <= 0 or x.shape[1] <= dim:
         return np.ascontiguousarray(x, dtype=np.float32)
     rng = np.random.default_rng(seed)
     proj = rng.standard_normal((x.shape[1], dim)).astype(np.float32) / np.sqrt(dim)
-    return np.ascontiguousarray(x.astype(np.float32, copy=False) @ proj)
+    # In row chunks into one output: the whole product at once peaked at ~3x the input's size (902k x 152 patches
+    # at 640 px: 4.1 GB against 3.0 after), the chunks add one chunk's worth.
+    out = np.empty((len(x), dim), np.float32)
+    for s in range(0, len(x), PROJECTION_CHUNK_ROWS):
+        np.matmul(x[s : s + PROJECTION_CHUNK_ROWS].astype(np.float32, copy=False), proj,
+                  out=out[s : s + PROJECTION_CHUNK_ROWS])
+    return out
 
 
 def _augment(x: np.ndarray, sq: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.backbones.loaded import PRECISIONS
 from core.detectors.base import HeatmapDetector
 from core.detectors.coreset import coreset_size, greedy_continue, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
@@ -64,6 +65,9 @@ class PatchCoreConfig:
     map_neighbors: int = 3
     blur_sigma: float = 4.0
     index: SearchConfig = SearchConfig()
+    # The backbone's arithmetic: "bfloat16" runs it under bfloat16 autocast (fast only where the device computes it
+    # natively, core.backbones.bfloat16_is_fast), float32 maps out; fit and scoring use the same.
+    precision: str = "float32"
     seed: int = 0
 
 
@@ -78,14 +82,16 @@ class HighResolutionSettings:
     surroundings) and a wider blur (a 640-px map of 8-px cells) each raised pixel AUROC and AUPRO. The denser bank's
     costs are bought back: the greedy coreset measures distances in a 64-d random projection (its cost is patches x
     picks x dimensions, and the patches grow with the pixel count) and IVF-Flat searches a few cells of the bank
-    with exact distances instead of all of it. Chosen on deeppcb_00041 by benchmarks/highres_settings.py.
+    with exact distances instead of all of it. Chosen on deeppcb_00041 by benchmarks/highres_settings.py. The
+    bfloat16 backbone pass (``precision``) is not among them: 1.4x faster at 640 px (benchmarks/backbone_batch.py)
+    but it cost pixel AUROC and AUPRO on deeppcb (benchmarks/highres_pcb.py --precision bfloat16).
     """
 
     ratio: float = 0.03
     projection_dim: int = 64
     map_neighbors: int = 1
     blur_sigma: float = 6.0
-    index: SearchConfig = SearchConfig(kind="ivfflat", nprobe=8)
+    index: SearchConfig = SearchConfig(kind="ivfflat", nprobe=4)
 
 
 LEAVE_OUT_MARGIN = 16  # extra neighbours of a leave-out search's first, short pass
@@ -110,6 +116,7 @@ class PatchCore(HeatmapDetector):
         self.cfg = config
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed,
                          auto_scale=auto)
+        self.precision = config.precision
         self.bank: np.ndarray | None = None
         self.bank_source: np.ndarray | None = None  # (image index, row, col) of each bank row in train_paths
         # The image score's bank beyond ``bank`` (greedy picks after the map bank's) and where its rows came from.
@@ -171,6 +178,9 @@ class PatchCore(HeatmapDetector):
         p.add_argument("--index", choices=list(INDEX_KINDS), default="flat",
                        help="PatchCore: faiss index (the automatic high-resolution scale uses ivfflat)")
         p.add_argument("--nprobe", type=int, default=8, help="PatchCore: IVF lists searched (--index ivf*)")
+        p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                       help="PatchCore: the backbone's arithmetic (bfloat16: faster where the CPU has AVX512-BF16 or "
+                            "AMX, or on a GPU; features differ by a few %%)")
 
     @classmethod
     def settings_from_cli(cls, args) -> dict[str, Any]:
@@ -178,7 +188,7 @@ class PatchCore(HeatmapDetector):
                 "coreset_size": args.coreset_size, "rescore_ratio": args.rescore_ratio,
                 "rescore_patches": args.rescore_patches, "num_neighbors": args.num_neighbors,
                 "map_neighbors": args.map_neighbors, "fine_layer_weight": args.fine_layer_weight,
-                "index": SearchConfig(kind=args.index, nprobe=args.nprobe)}
+                "index": SearchConfig(kind=args.index, nprobe=args.nprobe), "precision": args.precision}
 
     def pixel_budget(self) -> int:
         return self.cfg.pixel_budget or DEFAULT_PIXEL_BUDGET
@@ -234,14 +244,17 @@ class PatchCore(HeatmapDetector):
             self.blur_sigma = float(self.cfg.blur_sigma)
         return changed
 
+    def adapt_to_scale(self) -> None:
+        if self.scale.mode not in ("native", "capped"):
+            return
+        changed = self.use_high_resolution_settings()
+        if changed:
+            self.fit_notes.append("high-resolution settings: " + ", ".join(
+                f"{k} {v.kind} (nprobe {v.nprobe})" if isinstance(v, SearchConfig)
+                else f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in changed.items()))
+
     def fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
         high_resolution = self.scale.mode in ("native", "capped")
-        if high_resolution:
-            changed = self.use_high_resolution_settings()
-            if changed:
-                self.fit_notes.append("high-resolution settings: " + ", ".join(
-                    f"{k} {v.kind} (nprobe {v.nprobe})" if isinstance(v, SearchConfig) else f"{k} {v:g}"
-                    for k, v in changed.items()))
         patches, variance, (h, w) = self._fit_patches(features)
         self.grid = (h, w)
         rescore_ratio = self.cfg.rescore_ratio

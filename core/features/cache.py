@@ -33,13 +33,16 @@ PREPROCESSING_VERSION = "resize-bilinear-antialias/2"
 
 
 def feature_key(
-    image_sha256: str, backbone: str, layers: tuple[str, ...], size: int | tuple[int, int], weights_sha256: str
+    image_sha256: str, backbone: str, layers: tuple[str, ...], size: int | tuple[int, int], weights_sha256: str,
+    precision: str = "float32",
 ) -> str:
     """The cache key: every input that changes the features is in it (preprocessing version included).
 
-    ``size``: the square side, or (height, width) for a non-square input."""
+    ``size``: the square side, or (height, width) for a non-square input. ``precision`` joins the key only when it
+    is not float32 (float32 keys are the ones made before there was a choice)."""
     size_part = int(size) if isinstance(size, (int, np.integer)) else [int(v) for v in size]
-    spec = json.dumps([image_sha256, backbone, list(layers), size_part, weights_sha256, PREPROCESSING_VERSION])
+    parts = [image_sha256, backbone, list(layers), size_part, weights_sha256, PREPROCESSING_VERSION]
+    spec = json.dumps(parts if precision == "float32" else [*parts, precision])
     return hashlib.sha256(spec.encode()).hexdigest()
 
 

@@ -23,6 +23,7 @@ class FeatureSpec:
     layers: tuple[str, ...]
     image_size: int = 224
     input_hw: tuple[int, int] | None = None
+    precision: str = "float32"  # the backbone's arithmetic (core.backbones.PRECISIONS)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -46,6 +47,16 @@ class ExtractionResult:
     cache: CacheStats = field(default_factory=CacheStats)
 
 
+CPU_BATCH_PIXELS = 4 * 224 * 224
+
+
+def cpu_batch_size(hw: tuple[int, int]) -> int:
+    """Images per backbone batch on a CPU: about CPU_BATCH_PIXELS input pixels, 1 to 4 images. The pass is bound by
+    the cache, not by arithmetic: on 2 cores lite0 took 36 ms/image in batches of 4 at 208 px against 55 in batches
+    of 16, and at 640 px 62 ms/image one at a time against 85 in batches of 4 (benchmarks/backbone_batch.py)."""
+    return max(1, min(4, round(CPU_BATCH_PIXELS / (hw[0] * hw[1]))))
+
+
 class FeatureExtractor:
     """Runs a backbone on images and returns the feature maps of chosen layers.
 
@@ -65,11 +76,9 @@ class FeatureExtractor:
         self.backbone = load_backbone(spec.backbone, device)
         layers = spec.layers or self.backbone.info.default_layers
         self.spec = FeatureSpec(spec.backbone, tuple(layers), int(spec.image_size),
-                                tuple(int(v) for v in spec.input_hw) if spec.input_hw else None)
+                                tuple(int(v) for v in spec.input_hw) if spec.input_hw else None, spec.precision)
         self.cache = cache
-        # On 2 CPU cores lite0 measured 36 ms/image in batches of 4 vs 55 in batches of 16 (cache-bound);
-        # a GPU wants large batches.
-        self.batch_size = batch_size or (32 if self.backbone.device.type == "cuda" else 4)
+        self.batch_size = batch_size or (32 if self.backbone.device.type == "cuda" else cpu_batch_size(self.spec.hw))
 
     @property
     def weights_sha256(self) -> str:
@@ -97,7 +106,7 @@ class FeatureExtractor:
         out: dict[str, list[np.ndarray]] = {name: [] for name in self.spec.layers}
         for start in range(0, len(images), self.batch_size):
             x = self.backbone.preprocess(list(images[start : start + self.batch_size]), self.spec.hw)
-            maps = self.backbone.feature_maps(x, self.spec.layers)
+            maps = self.backbone.feature_maps(x, self.spec.layers, self.spec.precision)
             for name in self.spec.layers:
                 out[name].append(maps[name].float().cpu().numpy())
         return {name: parts[0] if len(parts) == 1 else np.concatenate(parts, 0) for name, parts in out.items()}
@@ -143,6 +152,7 @@ class FeatureExtractor:
                 self.spec.layers,
                 self.spec.size_key,
                 self.weights_sha256,
+                self.spec.precision,
             )
             hit = cache.get(key) if cache is not None else None
             if hit is not None and all(name in hit for name in self.spec.layers):
