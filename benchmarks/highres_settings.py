@@ -48,10 +48,10 @@ ROWS = {
     "r2": ("... and a 2 % bank", dict(ratio=0.02, map_neighbors=1, blur_sigma=6.0, index=FLAT)),
     "r2ivf": ("... searched by IVF-Flat, 8 cells", dict(ratio=0.02, map_neighbors=1, blur_sigma=6.0, index=IVF8)),
     "r3ivf": ("3 % bank, IVF-Flat", dict(ratio=0.03, map_neighbors=1, blur_sigma=6.0, index=IVF8)),
-    "chosen": ("3 %, coreset in a 64-d projection, IVF-Flat (chosen)",
+    "proj64": ("3 %, coreset in a 64-d projection, IVF-Flat",
                dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF8)),
-    "ivf4": ("the chosen, 4 cells searched",
-             dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4)),
+    "chosen": ("... 4 cells searched (HighResolutionSettings)",
+               dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4)),
 }
 
 

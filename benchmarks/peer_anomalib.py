@@ -4,10 +4,16 @@
     .venv/bin/python benchmarks/peer_anomalib.py                  # full MVTec protocol (676 / 668; ~35 min:
                                                                   # the peer's PatchCore coreset alone ~23 min)
     .venv/bin/python benchmarks/peer_anomalib.py --models padim   # one model
+    # another dataset, sizes chosen per side (the JSON name then carries the dataset and the sizes):
+    .venv/bin/python benchmarks/peer_anomalib.py --dataset ../shared/datasets/deeppcb_00041 --models patchcore \
+        --peer-size 224 --product-size auto       # -> results/peer_anomalib_deeppcb_00041_peer224_productauto.json
 
 For each model (PatchCore coreset 1 %, k = 9; PaDiM 100 random channels) on ``shared/datasets/magnetic_tile``
-with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4 at 224 x 224, mean = std = 0.5 (the product's PatchCore
-at its own default input, 208 x 208, its maps resized to 224 for the pixel metric):
+(``--dataset``: any MVTec-layout folder) with ``tf_efficientnet_lite0`` layers blocks.2 + blocks.4, mean = std = 0.5;
+the peer at ``--peer-size`` square (224 x 224 by default), the product at ``--product-size``: by default its own
+default configuration (PatchCore: its automatic scale, 208 x 208 on magnetic_tile's small tiles; PaDiM: the peer's
+size), ``auto`` for the product's automatic scale chosen at fit (``image_size=0``: e.g. 640 x 640 native on
+deeppcb_00041's boards, core/detectors/scale.py), or an int for that square size:
 
 * the product runs in this process: ``det.fit(train, cache=FeatureCache(<fresh folder under CACHE_DIR>))`` (so its
   fit time includes feature extraction; it holds out ~10 % of the same training list to fix its score normalisation),
@@ -18,13 +24,17 @@ at its own default input, 208 x 208, its maps resized to 224 for the pixel metri
   on the same input tensor before anything is timed.
 
 Both sides: 2 torch threads, ``OMP_WAIT_POLICY=PASSIVE``, ``GOMP_SPINCOUNT=20000`` (the product's setting,
-given to the peer too so that it gains the same; see core/config.py). Image AUROC (raw scores) and pixel AUROC (masks at
-224 x 224 nearest, normal images all-zero) are computed here for both systems with the same code
-(``core.metrics``; pixel AUROC exact over all pixels). Times: fit (features + coreset / Gaussian), a full pass over
-the test files, and ms per image from decoded images at batch 32 and batch 1 (median of 5 rounds). Peak RSS:
-VmHWM, reset before each product model (``/proc/self/clear_refs``), the peer's own process for the peer.
+given to the peer too so that it gains the same; see core/config.py). Image AUROC (raw scores), pixel AUROC and AUPRO
+are computed here for both systems with the same code (``core.metrics``) at one common resolution, ``--metric-size``
+(default: the test images' own size when they all share one, e.g. 640 x 640 on deeppcb_00041, else 224 x 224 as on
+magnetic_tile): each system's maps are resized bilinearly onto that grid, the masks read at it (nearest; normal
+images all-zero); pixel AUROC exact over all pixels, AUPRO as core.evaluation computes it (FPR up to 0.3, 200
+thresholds). Times: fit (features + coreset / Gaussian), a full pass over the test files, and ms per image from
+decoded images at batch 32 and batch 1 (median of 5 rounds). Peak RSS: VmHWM, reset before each product model
+(``/proc/self/clear_refs``), the peer's own process for the peer.
 
-Writes ``benchmarks/results/peer_anomalib[_quick].json``.
+Writes ``benchmarks/results/peer_anomalib[_quick].json`` for magnetic_tile at the default sizes, else
+``peer_anomalib_<dataset>_peer<N>_product<auto|N|default>[_metric<N>][_quick|_train<N>_test<N>].json``.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import gc  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -62,7 +73,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 DATASET = ROOT.parent / "shared" / "datasets" / "magnetic_tile"
 BACKBONE = "tf_efficientnet_lite0"
 LAYERS = ("blocks.2", "blocks.4")
-SIZE = 224
+SIZE = 224  # the peer's default input side, and the metric grid when the test images' sizes vary
 THREADS = 2
 # Batch 1 over 32 images x 5 rounds: 16 x 3 moved 40.8-59.0 ms for one side in one run, too wide for a ratio near 2x.
 PROBE_IMAGES, PROBE_BATCH, PROBE_SINGLE, PROBE_ROUNDS = 64, 32, 32, 5
@@ -139,40 +150,50 @@ def reset_peak_rss() -> None:
 
 
 def metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict:
-    """Image and exact pixel AUROC with the product's metric code, for either system."""
-    from core.metrics import image_metrics, pixel_auroc
+    """Image AUROC on raw scores, exact pixel AUROC and AUPRO on the masks' grid, with the product's metric code,
+    for either system: maps of another size are resized onto the masks' grid bilinearly (no blur)."""
+    from core.metrics import aupro, image_metrics, pixel_auroc
 
     im = image_metrics(labels, scores)
-    if maps.shape[-1] != masks.shape[-1]:  # the product's PatchCore maps at its 208-px input: onto the 224 grid
+    map_hw = [int(v) for v in maps.shape[-2:]]
+    if tuple(maps.shape[-2:]) != tuple(masks.shape[-2:]):
         from core.detectors.postprocess import upsample_and_blur
 
-        maps = upsample_and_blur(maps, masks.shape[-1], sigma=0)
+        maps = upsample_and_blur(maps, tuple(masks.shape[-2:]), sigma=0)
     return {
         "image_auroc": im.auroc,
         "image_ap": im.ap,
         "f1_max": im.f1_max,
         "pixel_auroc": pixel_auroc(masks, maps, max_pixels=masks.size + 1),  # exact: every pixel
+        "aupro": aupro(masks, maps),  # core.evaluation's settings (the defaults: FPR up to 0.3, 200 thresholds)
+        "map_hw": map_hw,
+        "metric_hw": [int(v) for v in masks.shape[-2:]],
     }
 
 
-def make_detector(model: str, seed: int = 0):
+def make_detector(model: str, seed: int = 0, product_size: int | str | None = None, peer_size: int = SIZE):
+    """``product_size`` None: the product's default (PatchCore: its default config, whose automatic scale gives
+    208 px on magnetic_tile, benchmarks/patchcore_defaults.py; PaDiM: the peer's size); "auto": the automatic scale
+    chosen at fit (image_size=0); an int: that square size."""
     from core.detectors import Padim, PadimConfig, PatchCore, PatchCoreConfig
 
     if model == "patchcore":
-        # The product's default input (208 px: benchmarks/patchcore_defaults.py), not the
-        # peer's 224 px; maps are resized to the peer's 224 grid for the pixel metric.
-        return PatchCore(PatchCoreConfig(backbone=BACKBONE, layers=LAYERS, ratio=0.01, num_neighbors=9, seed=seed))
-    return Padim(PadimConfig(backbone=BACKBONE, layers=LAYERS, image_size=SIZE, n_channels=100, seed=seed))
+        size = {} if product_size is None else {"image_size": 0 if product_size == "auto" else int(product_size)}
+        return PatchCore(PatchCoreConfig(backbone=BACKBONE, layers=LAYERS, ratio=0.01, num_neighbors=9, seed=seed,
+                                         **size))
+    size = peer_size if product_size is None else 0 if product_size == "auto" else int(product_size)
+    return Padim(PadimConfig(backbone=BACKBONE, layers=LAYERS, image_size=size, n_channels=100, seed=seed))
 
 
-def run_product(model: str, train_paths: list[str], test_paths: list[str], labels, masks, seed: int = 0) -> dict:
+def run_product(model: str, train_paths: list[str], test_paths: list[str], labels, masks, seed: int = 0,
+                product_size: int | str | None = None, peer_size: int = SIZE) -> dict:
     from core.config import CACHE_DIR
     from core.data import read_image
     from core.features import FeatureCache
 
     gc.collect()
     reset_peak_rss()
-    det = make_detector(model, seed)
+    det = make_detector(model, seed, product_size, peer_size)
     # A fresh feature cache where the product keeps its cache (core.config.CACHE_DIR, in the project folder unless
     # WORKBENCH_CACHE says otherwise), not under /tmp: this machine's /tmp measured ~4x slower at creating files
     # (benchmarks/cache_writes.py), a cost no user of the product pays.
@@ -182,7 +203,11 @@ def run_product(model: str, train_paths: list[str], test_paths: list[str], label
         t0 = time.perf_counter()
         rep = det.fit(train_paths, cache=cache)
         fit_s = time.perf_counter() - t0
-    log(f"product {model}: fit {fit_s:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in rep.seconds.items())})")
+    # The extractor keeps the cache it was given (score_paths(cache=None) does not detach it): without this the
+    # test pass below wrote every test image's features into the deleted folder, re-creating it under CACHE_DIR.
+    det.extractor().cache = None
+    log(f"product {model}: fit {fit_s:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in rep.seconds.items())}); "
+        f"{det.scale.describe()}")
     t0 = time.perf_counter()
     res = det.score_paths(test_paths, cache=None)
     score_s = time.perf_counter() - t0
@@ -208,6 +233,9 @@ def run_product(model: str, train_paths: list[str], test_paths: list[str], label
     out = {
         "system": "product",
         "model": model,
+        "input_hw": [int(v) for v in det.input_hw],
+        "requested_size": "default" if product_size is None else product_size,
+        "scale": det.scale.to_dict(),
         "fit": {"total_s": fit_s, "breakdown_s": rep.seconds, "n_fit_images": rep.n_fit_images,
                 "n_calibration_images": rep.n_calibration_images,
                 "note": "extract (90 % of the list, written to a fresh feature cache) + model + calibrate "
@@ -224,24 +252,29 @@ def run_product(model: str, train_paths: list[str], test_paths: list[str], label
     own = det.__class__.__name__
     del det, res
     gc.collect()
-    log(f"product {own}: image AUROC {out['image_auroc']:.4f}, pixel AUROC {out['pixel_auroc']:.4f}")
+    log(f"product {own}: image AUROC {out['image_auroc']:.4f}, pixel AUROC {_f(out['pixel_auroc'])}, "
+        f"AUPRO {_f(out['aupro'])}")
     return out
 
 
-def feature_reference(path: Path, image_paths: list[str]) -> None:
-    """The product's input tensor and feature maps for two images, for the peer's feature check."""
+def feature_reference(path: Path, image_paths: list[str], size: int = SIZE) -> None:
+    """The product's input tensor (``size`` square: the peer's input) and feature maps for two images, for the
+    peer's feature check."""
     from core.backbones import load_backbone
     from core.data import read_image
 
     lb = load_backbone(BACKBONE)
-    x = lb.preprocess([read_image(p) for p in image_paths], SIZE)
+    x = lb.preprocess([read_image(p) for p in image_paths], size)
     maps = lb.feature_maps(x, LAYERS)
     np.savez(path, x=x.cpu().numpy(), **{k: v.cpu().numpy() for k, v in maps.items()})
 
 
 def run_peer(model: str, weights: Path, manifest: Path, masks_file: Path, ref: Path, dump: Path,
-             labels, masks, seed: int = 0) -> dict:
-    cmd = [str(PEER_PY), str(PEER_DIR / "run_peer.py"), "--model", model, "--weights", str(weights),
+             labels, masks, seed: int = 0, peer_size: int = SIZE) -> dict:
+    """``masks_file``: ground truth at the peer's size, for its self-reported pixel AUROC; ``masks``: at the metric
+    size, for the common metrics."""
+    cmd = [str(PEER_PY), str(PEER_DIR / "run_peer.py"), "--model", model, "--size", str(peer_size),
+           "--weights", str(weights),
            "--manifest", str(manifest), "--masks", str(masks_file), "--check-features", str(ref),
            "--dump", str(dump), "--batch", str(PROBE_BATCH), "--probe-images", str(PROBE_IMAGES),
            "--probe-single", str(PROBE_SINGLE), "--probe-rounds", str(PROBE_ROUNDS), "--threads", str(THREADS),
@@ -257,10 +290,12 @@ def run_peer(model: str, weights: Path, manifest: Path, masks_file: Path, ref: P
     if not fc.get("all_match"):
         raise SystemExit(f"peer {model}: anomalib's features differ from the product's: {fc}")
     d = np.load(dump)
-    out["self_reported"] = {"image_auroc": out.pop("image_auroc"), "pixel_auroc": out.pop("pixel_auroc")}
+    out["self_reported"] = {"image_auroc": out.pop("image_auroc"), "pixel_auroc": out.pop("pixel_auroc"),
+                            "pixel_hw": out.pop("self_report_hw", None)}
+    out["input_hw"] = [peer_size, peer_size]
     out.update(metrics(labels, d["scores"], masks, d["maps"]))
     log(f"peer {model}: fit {out['fit']['total_s']:.1f} s, image AUROC {out['image_auroc']:.4f}, "
-        f"pixel AUROC {out['pixel_auroc']:.4f}")
+        f"pixel AUROC {_f(out['pixel_auroc'])}, AUPRO {_f(out['aupro'])}")
     return out
 
 
@@ -315,40 +350,142 @@ def _gb(b: int) -> str:
     return f"{b / 1e9:.2f} GB"
 
 
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _d(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _sd(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.4f}"
+
+
 def table(results: dict) -> str:
-    head = ("model", "system", "image AUROC", "pixel AUROC", "fit s", f"ms/image (batch {PROBE_BATCH})",
-            "ms/image (batch 1)", "test pass ms/image", "peak RSS")
+    head = ("model", "system", "input", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
+            f"ms/image (batch {PROBE_BATCH})", "ms/image (batch 1)", "test pass ms/image", "peak RSS")
     rows = [head, tuple("---" for _ in head)]
+    metric_hw = None
     for model, r in results.items():
         for key in ("product", "peer"):
             x = r[key]
             name = "product" if key == "product" else x["system"]
-            rows.append((model, name, f"{x['image_auroc']:.4f}", f"{x['pixel_auroc']:.4f}",
+            metric_hw = x["metric_hw"]
+            rows.append((model, name, "x".join(str(v) for v in x["input_hw"]), f"{x['image_auroc']:.4f}",
+                         _f(x["pixel_auroc"]), _f(x["aupro"]),
                          f"{x['fit']['total_s']:.1f}", f"{x['timing']['ms_per_image']:.1f}",
                          f"{x['timing']['ms_per_image_batch1']:.1f}", f"{x['score_all']['ms_per_image']:.1f}",
                          _gb(x["peak_rss_bytes"])))
     lines = ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
+    if metric_hw:
+        lines.append(f"Pixel metrics of both systems on one {metric_hw[0]} x {metric_hw[1]} grid (maps bilinear, "
+                     "masks nearest).")
     lines.append("Ratios (peer / product; > 1 means the product is faster or leaner):")
     for model, r in results.items():
         q = r["ratios"]
         lines.append(f"  {model}: fit {q['fit']:.2f}x, ms/image batch {PROBE_BATCH} {q['ms_per_image']:.2f}x, "
                      f"batch 1 {q['ms_per_image_batch1']:.2f}x, test pass {q['score_all']:.2f}x, "
                      f"peak RSS {q['peak_rss']:.2f}x; AUROC delta (product - peer): image "
-                     f"{q['image_auroc_delta']:+.4f}, pixel {q['pixel_auroc_delta']:+.4f}")
+                     f"{q['image_auroc_delta']:+.4f}, pixel {_sd(q['pixel_auroc_delta'])}, "
+                     f"AUPRO {_sd(q['aupro_delta'])}")
     return "\n".join(lines)
 
 
+def _size_arg(text: str) -> int | str:
+    """--product-size: "auto" or a square side in pixels."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _side_arg(text)
+
+
+def _metric_arg(text: str) -> int | str:
+    """--metric-size: "native" (the test images' one common size) or a square side in pixels."""
+    if text.strip().lower() == "native":
+        return "native"
+    return _side_arg(text)
+
+
+def _side_arg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in pixels, got {text!r}") from None
+    if v < 32:
+        raise argparse.ArgumentTypeError(f"a size of at least 32 px, got {v}")
+    return v
+
+
+def metric_grid(index, records, requested: int | str | None) -> tuple[tuple[int, int], tuple[int, int], str]:
+    """(grid used, grid by default, why): ``requested`` int -> that square; else the test images' own size when all of
+    ``records`` share one (``native``), else SIZE square (the default only; ``native`` then stops)."""
+    from core.data.images import image_shape
+
+    shapes = {image_shape(index.abs_path(r)) for r in records}
+    if len(shapes) == 1 and None not in shapes:
+        default = next(iter(shapes))
+        why = f"the test images' own size ({default[0]} x {default[1]}: all share it)"
+    elif requested == "native":
+        raise SystemExit(f"--metric-size native: the test images have {len(shapes)} different sizes; give a size")
+    else:
+        default = (SIZE, SIZE)
+        why = f"{SIZE} x {SIZE} (the test images' sizes vary)"
+    if isinstance(requested, int):
+        return (requested, requested), default, f"{requested} x {requested}, as requested"
+    return default, default, why
+
+
+def default_out_name(args, dataset_root: Path, metric_hw, metric_default, n_train: int, n_test: int) -> str:
+    """peer_anomalib[_quick].json for magnetic_tile at the default sizes (as before), else a name that carries the
+    dataset, the sizes and the subset, so that runs of other settings do not overwrite each other."""
+    if (dataset_root.resolve() == DATASET.resolve() and args.peer_size == SIZE and args.product_size is None
+            and metric_hw == metric_default):
+        return "peer_anomalib_quick.json" if args.quick else "peer_anomalib.json"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset_root.resolve().name)
+    product = "default" if args.product_size is None else str(args.product_size)
+    parts = ["peer_anomalib", name, f"peer{args.peer_size}", f"product{product}"]
+    if metric_hw != metric_default:
+        h, w = metric_hw
+        parts.append(f"metric{h}" if h == w else f"metric{h}x{w}")
+    if args.n_train is None and args.n_test is None and args.quick:
+        parts.append("quick")
+    elif args.quick or args.n_train is not None or args.n_test is not None:
+        parts.append(f"train{n_train}_test{n_test}")
+    return "_".join(parts) + ".json"
+
+
+def summary(results: dict) -> dict:
+    """Per model and side: the input size used, fit seconds, ms/image (batch and batch 1), peak RSS, the metrics."""
+    keys = ("input_hw", "image_auroc", "pixel_auroc", "aupro")
+    return {model: {side: {**{k: r[side][k] for k in keys}, "fit_s": r[side]["fit"]["total_s"],
+                           "ms_per_image": r[side]["timing"]["ms_per_image"],
+                           "ms_per_image_batch1": r[side]["timing"]["ms_per_image_batch1"],
+                           "peak_rss_bytes": r[side]["peak_rss_bytes"]}
+                    for side in ("product", "peer")}
+            for model, r in results.items()}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description="The product against anomalib 2.7.0 on magnetic_tile, in one run.")
+    ap = argparse.ArgumentParser(description="The product against anomalib 2.7.0 on one dataset, in one run.")
     ap.add_argument("--quick", action="store_true", help="120 train / 120 test images (stratified): minutes")
     ap.add_argument("--models", default="patchcore,padim", help="comma-separated: patchcore,padim")
     ap.add_argument("--n-train", type=int, help="override the number of training images")
     ap.add_argument("--n-test", type=int, help="override the number of test images")
     ap.add_argument("--dataset", default=str(DATASET))
+    ap.add_argument("--peer-size", type=_side_arg, default=SIZE,
+                    help="the peer's square input side (default %(default)s); the feature check runs at it")
+    ap.add_argument("--product-size", type=_size_arg, default=None,
+                    help="the product's input: 'auto' (its automatic scale chosen at fit, image_size=0) or a square "
+                         "side; default: the product's default configuration (PatchCore: its automatic scale, "
+                         "208 px on magnetic_tile; PaDiM: the peer's size)")
+    ap.add_argument("--metric-size", type=_metric_arg, default=None,
+                    help="square grid of the pixel metrics for both systems (maps bilinear, masks nearest), or "
+                         f"'native'; default: the test images' own size when they share one, else {SIZE}")
     ap.add_argument("--seed", type=int, default=0,
                     help="both sides: PatchCore's coreset start / PaDiM's channel draw (each side draws its own way)")
-    ap.add_argument("--out", help="result JSON (default benchmarks/results/peer_anomalib[_quick].json)")
+    ap.add_argument("--out", help="result JSON (default benchmarks/results/peer_anomalib[_quick].json on magnetic_tile "
+                                  "at the default sizes, else a name with the dataset and the sizes)")
     args = ap.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in ("patchcore", "padim")]
@@ -356,6 +493,7 @@ def main() -> None:
         ap.error(f"--models takes patchcore and/or padim, got {args.models!r}")
     n_train = args.n_train if args.n_train is not None else (120 if args.quick else None)
     n_test = args.n_test if args.n_test is not None else (120 if args.quick else None)
+    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
 
     wall0 = time.perf_counter()
     ensure_peer_venv()
@@ -372,11 +510,21 @@ def main() -> None:
     train_paths = [str(index.abs_path(r)) for r in train]
     test_paths = [str(index.abs_path(r)) for r in test]
     labels = np.array([r.label for r in test])
-    masks, usable = ground_truth_masks(index, test, SIZE)
+    # The default grid from the whole test split, so that a subset does not change it.
+    metric_hw, metric_default, metric_why = metric_grid(index, index.split("test"), args.metric_size)
+    masks, usable = ground_truth_masks(index, test, metric_hw)
     if not usable.all():
         raise SystemExit(f"{int((~usable).sum())} defect test images have no mask")
+    peer_hw = (args.peer_size, args.peer_size)
+    peer_masks = masks if tuple(metric_hw) == peer_hw else ground_truth_masks(index, test, peer_hw)[0]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = Path(args.out) if args.out else RESULTS / default_out_name(
+        args, Path(index.root), metric_hw, metric_default, len(train_paths), len(test_paths))
     log(f"{index.root}: {len(train_paths)} train, {len(test_paths)} test ({int(labels.sum())} defective); "
         f"weights {weights}")
+    log(f"peer input {args.peer_size} x {args.peer_size}; product input "
+        f"{'its default' if args.product_size is None else args.product_size}; pixel metrics on "
+        f"{metric_hw[0]} x {metric_hw[1]} ({metric_why}); writing {path}")
 
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
@@ -389,14 +537,16 @@ def main() -> None:
                      for p, r in zip(test_paths, test)],
         }))
         masks_file = tmp / "masks.npy"
-        np.save(masks_file, masks)
+        np.save(masks_file, peer_masks)  # the peer's self-report, at its own size
         ref = tmp / "features.npz"
-        feature_reference(ref, test_paths[:2])
+        feature_reference(ref, test_paths[:2], args.peer_size)
         for model in models:
             log(f"=== {model}: product")
-            prod = run_product(model, train_paths, test_paths, labels, masks, args.seed)
+            prod = run_product(model, train_paths, test_paths, labels, masks, args.seed, args.product_size,
+                               args.peer_size)
             log(f"=== {model}: peer (anomalib)")
-            peer = run_peer(model, weights, manifest, masks_file, ref, tmp / f"{model}.npz", labels, masks, args.seed)
+            peer = run_peer(model, weights, manifest, masks_file, ref, tmp / f"{model}.npz", labels, masks, args.seed,
+                            args.peer_size)
             ratios = {
                 "fit": peer["fit"]["total_s"] / prod["fit"]["total_s"],
                 "ms_per_image": peer["timing"]["ms_per_image"] / prod["timing"]["ms_per_image"],
@@ -404,18 +554,26 @@ def main() -> None:
                 "score_all": peer["score_all"]["ms_per_image"] / prod["score_all"]["ms_per_image"],
                 "peak_rss": peer["peak_rss_bytes"] / prod["peak_rss_bytes"],
                 "image_auroc_delta": prod["image_auroc"] - peer["image_auroc"],
-                "pixel_auroc_delta": prod["pixel_auroc"] - peer["pixel_auroc"],
+                "pixel_auroc_delta": _d(prod["pixel_auroc"], peer["pixel_auroc"]),
+                "aupro_delta": _d(prod["aupro"], peer["aupro"]),
             }
             results[model] = {"product": prod, "peer": peer, "ratios": ratios}
 
+    product_inputs = {m: "x".join(str(v) for v in r["product"]["input_hw"]) for m, r in results.items()}
     out = {
         "benchmark": "peer_anomalib",
+        "command": command,
+        "cwd": os.getcwd(),
         "quick": bool(args.quick),
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": time.perf_counter() - wall0,
         "dataset": str(index.root),
         "settings": {
-            "backbone": BACKBONE, "layers": list(LAYERS), "image_size": SIZE, "mean_std": [0.5, 0.5],
+            "backbone": BACKBONE, "layers": list(LAYERS), "image_size": args.peer_size, "mean_std": [0.5, 0.5],
+            "peer_size": args.peer_size,
+            "product_size": "default" if args.product_size is None else args.product_size,
+            "product_input_hw": product_inputs,
+            "metric_hw": list(metric_hw), "metric_grid": metric_why,
             "weights_file": str(weights), "n_train": len(train_paths), "n_test": len(test_paths),
             "n_test_defective": int(labels.sum()),
             "subset": None if n_train is None and n_test is None else
@@ -423,24 +581,26 @@ def main() -> None:
             "seed": args.seed, "threads": THREADS, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
             "patchcore": {"coreset_ratio": 0.01, "num_neighbors": 9,
-                          "product_image_size": "the product's default (208), maps resized bilinearly to 224"},
+                          "product_image_size": f"{product_inputs.get('patchcore', 'not run')} "
+                          f"(requested: {'the default' if args.product_size is None else args.product_size}), "
+                          f"maps resized bilinearly to {metric_hw[0]} x {metric_hw[1]} for the pixel metrics"},
             "padim": {"n_channels": 100},
             "timing": f"ms/image from decoded images: {PROBE_IMAGES} test images in batches of {PROBE_BATCH}, "
                       f"then {PROBE_SINGLE} one at a time, median of {PROBE_ROUNDS} rounds; "
                       "test pass = all test files incl. decoding",
-            "metrics": "both systems: core.metrics.image_metrics on raw scores, exact pixel AUROC over all pixels "
-                       "(masks 224 nearest, normal images all-zero)",
-            "product_preprocess": "decode, torch bilinear resize with antialiasing to 224",
-            "peer_preprocess": "PIL decode, RGB, PIL bilinear resize to 224",
+            "metrics": "both systems: core.metrics.image_metrics on raw scores; exact pixel AUROC over all pixels and "
+                       "AUPRO (core.metrics.aupro, FPR up to 0.3, 200 thresholds, as core.evaluation) on one "
+                       f"{metric_hw[0]} x {metric_hw[1]} grid: maps resized bilinearly, masks nearest, normal images "
+                       "all-zero",
+            "product_preprocess": "decode, torch bilinear resize with antialiasing to the product's input size",
+            "peer_preprocess": f"PIL decode, RGB, PIL bilinear resize to {args.peer_size} x {args.peer_size}",
         },
+        "summary": summary(results),
         "versions": {"product": versions_product(),
                      "peer": next(iter(results.values()))["peer"]["versions"] if results else {}},
         "machine": machine(),
         "results": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    default = "peer_anomalib_quick.json" if args.quick else "peer_anomalib.json"
-    path = Path(args.out) if args.out else RESULTS / default
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(table(results))
     print(f"\nwall {out['wall_s']:.0f} s; written {path}")

@@ -191,3 +191,29 @@ def test_numpy_resize_matches_the_torch_preprocessing(tile):
     for img in images:
         want = lb.preprocess([img], 208)[0].numpy()
         assert np.abs((resize_image(img, 208) - mean) / std - want).max() < 1e-4
+
+
+def test_non_square_model_scores_at_its_own_aspect_ratio(tmp_path):
+    """A model whose automatic scale keeps a non-square size (crops of real deeppcb boards, 480 x 288 px) exports
+    and scores at that size: the bundle's maps have the model's shape and its scores are the torch path's."""
+    import cv2
+
+    boards = sorted((REPO.parent / "shared" / "datasets" / "deeppcb_00041" / "train" / "good").glob("*.jpg"))[:7]
+    defect = sorted((REPO.parent / "shared" / "datasets" / "deeppcb_00041" / "test" / "defect").glob("*.jpg"))[0]
+    crops = []
+    for p in [*boards, defect]:
+        out = tmp_path / f"{p.stem}_{p.parent.name}.png"
+        cv2.imwrite(str(out), cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)[:288, :480])
+        crops.append(str(out))
+    det = PatchCore(PatchCoreConfig(rescore_ratio=0.0))
+    det.fit(crops[:6])
+    assert det.input_hw == (288, 480) and det.scale.mode == "native"
+    det.save(tmp_path / "model")
+    export_bundle(tmp_path / "model", tmp_path / "bundle", ["onnx"])
+    assert read_manifest(tmp_path / "bundle")["input"]["hw"] == [288, 480]
+    ref = load_detector(tmp_path / "model").score_paths(crops[6:])
+    got = load_bundle(tmp_path / "bundle", runtime="onnxruntime").score_paths(crops[6:])
+    assert got.maps.shape == ref.maps.shape == (2, 288, 480)
+    np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-4)
+    np.testing.assert_allclose(got.maps, ref.maps, rtol=0, atol=1e-3 * float(ref.maps.max()))
+

@@ -51,6 +51,10 @@ def test_default_fit_scores_pcb_boards_at_their_own_size_and_beats_208_px(pcb, t
                                    "blur_sigma 6, index ivfflat (nprobe 4)")
     assert auto.extra_bank is None and len(auto.bank) == round(0.03 * N_TRAIN * 80 * 80)
     assert auto.index.kind == "ivfflat" and auto.cfg.map_neighbors == 1 and auto.blur_sigma == 6.0
+    from core.workbench import fit_summary
+
+    summary = fit_summary({**report.to_dict(), "calibration": "left out"})  # the sentence the app shows after a fit
+    assert "640 x 640 px (native)" in summary and "high-resolution settings: ratio 0.03" in summary
     small = PatchCore(PatchCoreConfig(image_size=208))
     small.fit(train, cache=tmp_cache)
     assert small.scale.mode == "forced" and small.input_hw == (208, 208)

@@ -9,10 +9,11 @@ The models are built as anomalib builds them (``TimmFeatureExtractor`` = timm ``
 the extractor has must be in the file (only the classifier head is left over). ``--check-features`` compares the
 extractor's feature maps on a given input with the product's maps for the same input.
 
-Pipeline, as a user of anomalib's torch models would write it: PIL decode, RGB, resize to 224 x 224 bilinear,
-/255, (x - 0.5) / 0.5; fit = forward passes in training mode over all training images (feature extraction),
-then ``subsample_embedding`` (PatchCore, k-center greedy coreset) or ``fit`` (PaDiM, Gaussian per position);
-scores = ``InferenceBatch.pred_score`` and ``anomaly_map`` of the eval-mode forward (raw, not normalised).
+Pipeline, as a user of anomalib's torch models would write it: PIL decode, RGB, resize to ``--size`` square
+(224 x 224 by default) bilinear, /255, (x - 0.5) / 0.5; fit = forward passes in training mode over all training
+images (feature extraction), then ``subsample_embedding`` (PatchCore, k-center greedy coreset) or ``fit`` (PaDiM,
+Gaussian per position); scores = ``InferenceBatch.pred_score`` and ``anomaly_map`` of the eval-mode forward (raw,
+not normalised; the map at the input size).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from proc_stats import peak_rss_bytes  # noqa: E402  (same folder)
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-SIZE = 224
+SIZE = 224  # the default input side (--size)
 BACKBONE = "tf_efficientnet_lite0"
 LAYERS = ["blocks.2", "blocks.4"]
 
@@ -51,22 +52,22 @@ def decode(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL RGB images -> B x 3 x 224 x 224, bilinear resize, /255, (x - 0.5) / 0.5."""
-    arr = np.stack([np.asarray(im.resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float32) for im in images])
+def to_tensor(images: list[Image.Image], size: int = SIZE) -> torch.Tensor:
+    """PIL RGB images -> B x 3 x size x size, bilinear resize, /255, (x - 0.5) / 0.5."""
+    arr = np.stack([np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32) for im in images])
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).div_(255.0)
     return (x - 0.5) / 0.5
 
 
-def load_batch(paths: list[str]) -> torch.Tensor:
-    return to_tensor([decode(p) for p in paths])
+def load_batch(paths: list[str], size: int = SIZE) -> torch.Tensor:
+    return to_tensor([decode(p) for p in paths], size)
 
 
-def read_mask(path: str | None) -> np.ndarray:
+def read_mask(path: str | None, size: int = SIZE) -> np.ndarray:
     if not path:
-        return np.zeros((SIZE, SIZE), dtype=bool)
+        return np.zeros((size, size), dtype=bool)
     with Image.open(path) as m:
-        m = m.convert("L").resize((SIZE, SIZE), Image.NEAREST)
+        m = m.convert("L").resize((size, size), Image.NEAREST)
         return np.asarray(m) > 0
 
 
@@ -136,12 +137,12 @@ def check_features(model: torch.nn.Module, ref_file: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def fit(model, name: str, paths: list[str], batch: int, ratio: float) -> dict:
+def fit(model, name: str, paths: list[str], batch: int, ratio: float, size: int = SIZE) -> dict:
     model.train()  # anomalib's training_step: forward in train mode stores embeddings (extractor stays in eval)
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in range(0, len(paths), batch):
-            model(load_batch(paths[s : s + batch]))
+            model(load_batch(paths[s : s + batch], size))
     t_extract = time.perf_counter() - t0
     t1 = time.perf_counter()
     bank = {}
@@ -159,18 +160,18 @@ def fit(model, name: str, paths: list[str], batch: int, ratio: float) -> dict:
     return {"extract_s": t_extract, "model_s": t_model, "total_s": t_extract + t_model, **bank}
 
 
-def score(model, paths: list[str], batch: int) -> tuple[np.ndarray, np.ndarray, float]:
+def score(model, paths: list[str], batch: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, float]:
     scores, maps = [], []
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in range(0, len(paths), batch):
-            out = model(load_batch(paths[s : s + batch]))
+            out = model(load_batch(paths[s : s + batch], size))
             scores.append(out.pred_score.reshape(-1).float().numpy())
-            maps.append(out.anomaly_map.reshape(-1, SIZE, SIZE).float().numpy())
+            maps.append(out.anomaly_map.reshape(-1, size, size).float().numpy())
     return np.concatenate(scores), np.concatenate(maps), time.perf_counter() - t0
 
 
-def timing_probe(model, paths: list[str], n: int, batch: int, n_single: int, rounds: int) -> dict:
+def timing_probe(model, paths: list[str], n: int, batch: int, n_single: int, rounds: int, size: int = SIZE) -> dict:
     """ms per image from decoded images in memory (resize + normalise + forward incl. anomaly map).
 
     ``rounds`` passes of (n images in batches, then n_single one at a time); the median pass is reported.
@@ -181,15 +182,15 @@ def timing_probe(model, paths: list[str], n: int, batch: int, n_single: int, rou
     singles = imgs[:n_single]
     batched, single = [], []
     with torch.no_grad():
-        model(to_tensor(imgs[:2]))  # warm-up
+        model(to_tensor(imgs[:2], size))  # warm-up
         for _ in range(rounds):
             t0 = time.perf_counter()
             for s in range(0, len(imgs), batch):
-                model(to_tensor(imgs[s : s + batch]))
+                model(to_tensor(imgs[s : s + batch], size))
             batched.append(1000 * (time.perf_counter() - t0) / len(imgs))
             t0 = time.perf_counter()
             for im in singles:
-                model(to_tensor([im]))
+                model(to_tensor([im], size))
             single.append(1000 * (time.perf_counter() - t0) / len(singles))
     return {"ms_per_image": float(np.median(batched)), "batch": batch, "n_images": len(imgs),
             "ms_per_image_batch1": float(np.median(single)), "n_images_batch1": len(singles),
@@ -202,8 +203,10 @@ def main() -> None:
     ap.add_argument("--weights", required=True, help="timm safetensors for tf_efficientnet_lite0 (the product's)")
     ap.add_argument("--manifest", required=True,
                     help='JSON {"train": [path...], "test": [{"path", "label", "defect", "mask"}...]}')
-    ap.add_argument("--masks", help="N x 224 x 224 .npy ground truth in test order (else read with PIL nearest)")
-    ap.add_argument("--check-features", help=".npz with x (B x 3 x 224 x 224) and the product's maps per layer")
+    ap.add_argument("--size", type=int, default=SIZE, help="square input side (default %(default)s)")
+    ap.add_argument("--masks", help="N x H x W .npy ground truth in test order, for the self-reported pixel AUROC "
+                    "(maps resized bilinearly to H x W when they differ; else masks read with PIL nearest at --size)")
+    ap.add_argument("--check-features", help=".npz with x (B x 3 x size x size) and the product's maps per layer")
     ap.add_argument("--dump", help="write raw scores and maps here (.npz) for the orchestrator")
     ap.add_argument("--ratio", type=float, default=0.01, help="PatchCore coreset ratio")
     ap.add_argument("--n-features", type=int, default=100, help="PaDiM random channels")
@@ -237,7 +240,7 @@ def main() -> None:
         "model": args.model,
         "versions": {"anomalib": anomalib.__version__, "torch": torch.__version__, "timm": timm.__version__,
                      "numpy": np.__version__, "sklearn": sklearn.__version__, "python": platform.python_version()},
-        "settings": {"backbone": BACKBONE, "layers": LAYERS, "image_size": SIZE, "mean": 0.5, "std": 0.5,
+        "settings": {"backbone": BACKBONE, "layers": LAYERS, "image_size": args.size, "mean": 0.5, "std": 0.5,
                      "resize": "PIL bilinear", "batch": args.batch, "threads": torch.get_num_threads(),
                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                      "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "seed": args.seed,
@@ -256,22 +259,28 @@ def main() -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     log(f"{args.model}: fitting on {len(train)} images")
-    result["fit"] = fit(model, args.model, train, args.batch, args.ratio)
+    result["fit"] = fit(model, args.model, train, args.batch, args.ratio, args.size)
     log(f"{args.model}: fit {result['fit']['total_s']:.1f} s; scoring {len(test)} images")
-    scores, maps, score_s = score(model, [t["path"] for t in test], args.batch)
+    scores, maps, score_s = score(model, [t["path"] for t in test], args.batch, args.size)
     result["score_all"] = {"seconds": score_s, "ms_per_image": 1000 * score_s / max(1, len(test)),
                            "batch": args.batch, "note": "from files: decode + resize + forward + map"}
     result["timing"] = timing_probe(model, [t["path"] for t in test], args.probe_images, args.batch,
-                                    args.probe_single, args.probe_rounds)
+                                    args.probe_single, args.probe_rounds, args.size)
     result["peak_rss_bytes"] = peak_rss_bytes()
 
     if args.masks:
         masks = np.load(args.masks).astype(bool)
     else:
-        masks = np.stack([read_mask(t.get("mask") if t["label"] else None) for t in test])
+        masks = np.stack([read_mask(t.get("mask") if t["label"] else None, args.size) for t in test])
     result["image_auroc"] = float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
     y = masks.reshape(-1)
-    result["pixel_auroc"] = (float(roc_auc_score(y, maps.reshape(-1))) if 0 < y.sum() < y.size else None)
+    own = maps
+    if own.shape[-2:] != masks.shape[-2:]:  # the self-report only: maps onto the masks' grid, bilinear
+        own = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=masks.shape[-2:],
+                                              mode="bilinear", align_corners=False)[:, 0].numpy()
+    result["pixel_auroc"] = (float(roc_auc_score(y, own.reshape(-1))) if 0 < y.sum() < y.size else None)
+    result["self_report_hw"] = list(masks.shape[-2:])
+    del own
     result["score_stats"] = {"min": float(scores.min()), "max": float(scores.max()),
                              "finite": bool(np.isfinite(scores).all() and np.isfinite(maps).all())}
     if args.dump:

@@ -65,7 +65,7 @@ def _feature_module(det):
     return FeatureEmbedding().eval(), lb
 
 
-def _probe(lb, size: int) -> "torch.Tensor":
+def _probe(lb, size: int | tuple[int, int]) -> "torch.Tensor":
     """Two real-looking inputs (a smooth gradient and noise), normalised as the torch path does."""
     rng = np.random.default_rng(0)
     ramp = np.tile(np.linspace(0, 255, 300, dtype=np.float32), (260, 1))
@@ -184,7 +184,7 @@ def export_bundle(model_dir: str | Path, out: str | Path, formats: Sequence[str]
     cfg = read_model_config(model_dir)
     det = load_detector(model_dir)
     module, lb = _feature_module(det)
-    probe = _probe(lb, det.image_size)
+    probe = _probe(lb, det.input_hw)
     with torch.inference_mode():
         want = module(probe).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -210,8 +210,11 @@ def export_bundle(model_dir: str | Path, out: str | Path, formats: Sequence[str]
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": _versions(formats),
             "model": {"folder": str(model_dir), "arrays_sha256": cfg.get("arrays_sha256"), "backbone": det.backbone,
-                      "layers": list(det.layers), "weights_sha256": det.weights_sha256},
-            "input": {"size": det.image_size, "layout": "N x 3 x size x size float32, RGB (grey repeated to 3)",
+                      "layers": list(det.layers), "weights_sha256": det.weights_sha256,
+                      # the graph computes in float32; a bfloat16 model's scores move by that rounding here
+                      "precision": det.precision},
+            "input": {"size": det.image_size, "hw": list(det.input_hw),
+                      "layout": "N x 3 x height x width (hw) float32, RGB (grey repeated to 3)",
                       "resize": "bilinear, antialiased, align_corners=False, no crop (torch.nn.functional.interpolate)",
                       "scale": "pixel values 0..255, then (x - 255 * mean) / (255 * std)",
                       "mean": list(lb.mean), "std": list(lb.std), "batch_size": 8},

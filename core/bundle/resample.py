@@ -71,15 +71,21 @@ def map_matrix(n_cells: int, size: int, sigma: float) -> np.ndarray:
             ).astype(np.float32)
 
 
-def resize_image(img: np.ndarray, size: int) -> np.ndarray:
-    """uint8 H x W (grey) or H x W x 3 -> float32 3 x size x size, pixel values 0..255 (torch's antialiased
-    bilinear resize; a grey image is resized once and repeated to 3 channels, as the torch path does)."""
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """uint8 H x W (grey) or H x W x 3 -> float32 3 x size x size (or 3 x height x width for ``size`` = (height,
+    width)), pixel values 0..255 (torch's antialiased bilinear resize; a grey image is resized once and repeated to
+    3 channels, as the torch path does)."""
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     h, w = img.shape[:2]
-    rh = resize_matrix(h, size) if h != size else None
-    rw = resize_matrix(w, size).T if w != size else None
+    out_h, out_w = _hw(size)
+    rh = resize_matrix(h, out_h) if h != out_h else None
+    rw = resize_matrix(w, out_w).T if w != out_w else None
     planes = [img] if img.ndim == 2 else [img[:, :, c] for c in range(img.shape[2])]
     out = []
     for p in planes:
@@ -94,8 +100,10 @@ def resize_image(img: np.ndarray, size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def upsample_and_blur(patch_maps: np.ndarray, size: int, sigma: float) -> np.ndarray:
-    """N x h x w patch scores -> N x size x size maps (core.detectors.postprocess.upsample_and_blur in numpy)."""
+def upsample_and_blur(patch_maps: np.ndarray, size: int | tuple[int, int], sigma: float) -> np.ndarray:
+    """N x h x w patch scores -> N x size x size maps, or N x height x width for ``size`` = (height, width)
+    (core.detectors.postprocess.upsample_and_blur in numpy)."""
     n, h, w = patch_maps.shape
-    a_h, a_w = map_matrix(h, size, float(sigma)), map_matrix(w, size, float(sigma))
+    out_h, out_w = _hw(size)
+    a_h, a_w = map_matrix(h, out_h, float(sigma)), map_matrix(w, out_w, float(sigma))
     return np.matmul(np.matmul(a_h, np.asarray(patch_maps, np.float32)), a_w.T)  # two batched matrix products

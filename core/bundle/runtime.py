@@ -87,6 +87,8 @@ class BundleScorer:
         self.manifest = man = read_manifest(self.folder)
         self.kind: str = man["kind"]
         self.image_size = int(man["input"]["size"])
+        # (height, width) of the model's input; bundles written before non-square models carry only the square side
+        self.input_hw = tuple(int(v) for v in man["input"].get("hw") or (self.image_size, self.image_size))
         self.blur_sigma = float(man["postprocess"]["blur_sigma"])
         self.normalisation = Normalisation.from_dict(man["normalisation"])
         self.pixel_threshold = float(man["thresholds"]["pixel"])
@@ -154,8 +156,9 @@ class BundleScorer:
         return self.normalisation.image_threshold
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """uint8 images (grey H x W or H x W x 3, any sizes) -> B x 3 x S x S float32, as the torch path."""
-        x = np.stack([resize_image(img, self.image_size) for img in images])
+        """uint8 images (grey H x W or H x W x 3, any sizes) -> B x 3 x height x width float32, as the torch
+        path."""
+        x = np.stack([resize_image(img, self.input_hw) for img in images])
         return (x - self._mean) / self._std
 
     def _score_batch(self, images: Sequence[np.ndarray], seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +172,7 @@ class BundleScorer:
         t1 = time.perf_counter()
         scores, patch_maps = self._patchcore(emb) if self.kind == "patchcore" else self._padim(emb)
         t2 = time.perf_counter()
-        maps = upsample_and_blur(patch_maps, self.image_size, self.blur_sigma)
+        maps = upsample_and_blur(patch_maps, self.input_hw, self.blur_sigma)
         t3 = time.perf_counter()
         for k, v in (("backbone", t1 - t0), ("search", t2 - t1), ("map", t3 - t2)):
             seconds[k] = seconds.get(k, 0.0) + v
@@ -236,10 +239,9 @@ class BundleScorer:
         return self._result(all_scores, all_maps, ok, errors, seconds)
 
     def _result(self, scores, maps, ok, errors, seconds) -> ScoreResult:
-        size = self.image_size
         return ScoreResult(
             scores=np.concatenate(scores).astype(np.float64) if scores else np.zeros(0),
-            maps=np.concatenate(maps) if maps else np.zeros((0, size, size), np.float32),
+            maps=np.concatenate(maps) if maps else np.zeros((0, *self.input_hw), np.float32),
             ok=ok, errors=errors, seconds=seconds,
         )
 

@@ -223,7 +223,9 @@ def fit_summary(rep: dict[str, Any]) -> str:
     else:
         text = f"fitted on {n_fit} training images; threshold calibrated on {n_cal} other normal images held out"
     scale = _scale_text({"scale": rep["scale"]}) if rep.get("scale") else ""
-    return f"{text}; {scale}" if scale else text
+    # notes[0] is the scale's own description; what the fit decided beyond it (e.g. the high-resolution settings)
+    decided = [str(n) for n in (rep.get("notes") or [])[1:]]
+    return "; ".join([text, *([scale] if scale else []), *decided])
 
 
 def _fit_error_with_files(exc: DatasetError, root: Path) -> DatasetError:
