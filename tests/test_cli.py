@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from core.cli import main as cli_main
@@ -52,6 +53,25 @@ def test_score_with_saved_model_and_heatmaps(demo_eval, tmp_path, capsys):
     for row in csv.DictReader(lines):
         assert (row["decision"] == "anomalous") == (float(row["score"]) > threshold), row
     assert len(list((tmp_path / "h").iterdir())) == len(lines) - 1
+
+
+def test_bfloat16_model_fits_scores_and_keeps_its_precision(demo_eval, tmp_path, capsys):
+    """`fit --precision bfloat16` records the precision, scores with it after loading (not the float32 pass), and
+    finds the demo's cracks as the float32 model does."""
+    from core.data import ensure_demo, read_image
+    from core.detectors import load_detector
+
+    rc = cli_main(["fit", "demo", "--detector", "patchcore", "--ratio", "0.05", "--precision", "bfloat16",
+                   "--out", str(tmp_path / "m"), "--no-cache"])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["precision"] == cfg["params"]["precision"] == "bfloat16"
+    b16, f32 = load_detector(tmp_path / "m"), load_detector(demo_eval / "model")
+    assert b16.extractor().spec.precision == "bfloat16" and f32.extractor().spec.precision == "float32"
+    cracks = [read_image(p) for p in sorted((ensure_demo() / "test" / "crack").iterdir())]
+    s16, s32 = b16.score_images(cracks).scores, f32.score_images(cracks).scores
+    assert not np.allclose(s16, s32, rtol=1e-6)  # really another arithmetic
+    assert (s16 > b16.threshold).mean() >= 0.8 and np.corrcoef(s16, s32)[0, 1] > 0.9
 
 
 def test_index_and_cache_info(capsys):

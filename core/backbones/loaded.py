@@ -43,12 +43,6 @@ class LoadedBackbone:
     _graphs: dict[tuple, torch.jit.ScriptModule | None] = field(default_factory=dict, repr=False)
     _graph_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @property
-    def fast_bfloat16(self) -> bool:
-        """Whether this device computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16
-        or AMX (elsewhere bfloat16 autocast is emulated, and slower than float32)."""
-        return bfloat16_is_fast(self.device)
-
     def set_channels_last(self, on: bool) -> None:
         """Run the CNN in NHWC layout (faster on CPU) or NCHW; features are the same up to float rounding."""
         on = bool(on) and self.info.kind != "vit"
@@ -145,7 +139,7 @@ class LoadedBackbone:
         For ViT blocks the tokens are reshaped to B x C x (H / patch) x (W / patch), class/register tokens dropped.
         On the CPU a CNN's inference copy runs as a frozen graph per input size (``feature_graph.py``), checked
         against this eager pass when built. ``precision="bfloat16"`` runs the pass under bfloat16 autocast (eager;
-        float32 maps out): fast only where the device computes bfloat16 natively (``fast_bfloat16``).
+        float32 maps out): fast only where the device computes bfloat16 natively (``bfloat16_is_fast``).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -257,8 +251,9 @@ PRECISIONS = ("float32", "bfloat16")
 
 
 def bfloat16_is_fast(device: str | torch.device | None = None) -> bool:
-    """Whether ``device`` (None: the one backbones load on) computes bfloat16 natively (see
-    ``LoadedBackbone.fast_bfloat16``); on the CPU read from the Linux CPU flags, False where there are none."""
+    """Whether ``device`` (None: the one backbones load on) computes bfloat16 natively: a CUDA GPU that supports it,
+    or a CPU with AVX512-BF16 or AMX, read from the Linux CPU flags (False where there are none). Elsewhere bfloat16
+    autocast is emulated, and slower than float32."""
     dev = config.torch_device(str(device) if device is not None else None)
     if dev.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())

@@ -56,8 +56,8 @@ def random_projection(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
         return np.ascontiguousarray(x, dtype=np.float32)
     rng = np.random.default_rng(seed)
     proj = rng.standard_normal((x.shape[1], dim)).astype(np.float32) / np.sqrt(dim)
-    # In row chunks into one output: the whole product at once peaked at ~3x the input's size (902k x 152 patches
-    # at 640 px: 4.1 GB against 3.0 after), the chunks add one chunk's worth.
+    # In row chunks into one output: the whole product at once took ~3x the input's size in transient memory (the
+    # deeppcb fit at 640 px, 902k x 152 patches, peaked at 4.1 GB that way, 3.05 GB chunked); chunks add one chunk.
     out = np.empty((len(x), dim), np.float32)
     for s in range(0, len(x), PROJECTION_CHUNK_ROWS):
         np.matmul(x[s : s + PROJECTION_CHUNK_ROWS].astype(np.float32, copy=False), proj,

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.backbones.loaded import PRECISIONS
 from core.detectors.base import HeatmapDetector
 from core.detectors.coreset import coreset_size, greedy_continue, select_coreset
 from core.detectors.embedding import local_variance, patch_embedding, to_patches
@@ -178,6 +177,8 @@ class PatchCore(HeatmapDetector):
         p.add_argument("--index", choices=list(INDEX_KINDS), default="flat",
                        help="PatchCore: faiss index (the automatic high-resolution scale uses ivfflat)")
         p.add_argument("--nprobe", type=int, default=8, help="PatchCore: IVF lists searched (--index ivf*)")
+        from core.backbones import PRECISIONS
+
         p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                        help="PatchCore: the backbone's arithmetic (bfloat16: faster where the CPU has AVX512-BF16 or "
                             "AMX, or on a GPU; features differ by a few %%)")
