@@ -39,7 +39,7 @@ from core.progress import no_progress  # noqa: E402
 DEEPPCB = REPO.parent / "shared" / "datasets" / "deeppcb_00041"
 LAYERS = ("blocks.2", "blocks.4")
 SIZE = 640
-FLAT, IVF8, IVF4 = SearchConfig("flat"), SearchConfig("ivfflat", nprobe=8), SearchConfig("ivfflat", nprobe=4)
+FLAT, IVF8, IVF4, IVF2 = (SearchConfig("flat"), *(SearchConfig("ivfflat", nprobe=p) for p in (8, 4, 2)))
 # name -> (what it is, settings); every row spells out what differs from PatchCoreConfig's defaults.
 ROWS = {
     "before": ("the defaults (what 640 px used before)", dict(ratio=0.01, map_neighbors=3, blur_sigma=4.0, index=FLAT)),
@@ -52,6 +52,10 @@ ROWS = {
                dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF8)),
     "chosen": ("... 4 cells searched (HighResolutionSettings)",
                dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4)),
+    "ivf2": ("the chosen, 2 cells searched",
+             dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF2)),
+    "fine15": ("the chosen, stride-8 layer weight 1.5 (--fine-layer-weight)",
+               dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4, fine_layer_weight=1.5)),
 }
 
 
