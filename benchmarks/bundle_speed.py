@@ -2,14 +2,16 @@
 images, same process; and score parity on every magnetic_tile test image.
 
     .venv/bin/python benchmarks/bundle_speed.py [--detector patchcore] [--train 676] [--images 96] [--rounds 3]
+    .venv/bin/python benchmarks/bundle_speed.py --dataset ../shared/datasets/deeppcb_00041   # 640-px boards
 
-Fits the detector on magnetic_tile's first ``--train`` train/good images (product defaults), saves it, exports it
+Fits the detector on the first ``--train`` train/good images of ``--dataset`` (magnetic_tile by default; product
+defaults, so at the automatic scale: 640 px and the high-resolution settings on deeppcb), saves it, exports it
 with ``--format onnx --format openvino``, then times ``score_images`` on the same ``--images`` decoded test
 images for the torch path and the bundle on each runtime: in batches of 16 and one image at a time, in
 ``--rounds`` alternating rounds (each row the median of its rounds, so ratios are fair on a shared machine). All
 rows use every core (torch: core.config.set_threads; bundle: one thread per core for the runtime and faiss).
-Parity: every test image scored from disk (``score_paths``) by each path; the largest relative score difference,
-decisions that differ, and the largest difference of normalised maps (1 = the pixel threshold).
+Parity: every test image of the dataset scored from disk (``score_paths``) by each path; the largest relative score
+difference, decisions that differ, and the largest difference of normalised maps (1 = the pixel threshold).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=676)
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dataset", default=str(MAGNETIC_TILE))
     args = ap.parse_args()
     started = time.perf_counter()
 
@@ -55,7 +58,8 @@ def main() -> None:
     from core.features import FeatureCache
 
     set_threads()
-    index = index_dataset(MAGNETIC_TILE)
+    index = index_dataset(args.dataset)
+    dataset = Path(index.root).name
     train = [str(index.abs_path(r)) for r in index.split("train_normal")][: args.train]
     test = [str(index.abs_path(r)) for r in index.split("test")]
     tmp = Path(tempfile.mkdtemp(prefix="bundle_speed-"))
@@ -101,7 +105,8 @@ def main() -> None:
                 np.abs(norm.normalise_map(res.maps) - norm.normalise_map(ref.maps)).max()),
         }
 
-    print(f"{args.detector}, fitted on {len(train)} magnetic_tile train/good images in {fit_s:.1f} s, exported in "
+    print(f"{args.detector}, fitted on {len(train)} {dataset} train/good images at {det.input_hw[0]} x "
+          f"{det.input_hw[1]} px in {fit_s:.1f} s, exported in "
           f"{export_s:.1f} s; {len(images)} test images, median of {args.rounds} alternating rounds\n")
     print(table(["path", "ms/image batch 16", "speed-up", "ms/image batch 1", "speed-up"],
                 [[n, t["batch16_ms"], t["batch16_speedup"], t["batch1_ms"], t["batch1_speedup"]]
@@ -110,7 +115,8 @@ def main() -> None:
     print(table(["runtime", "test images", "max rel. score diff", "decisions differing", "max norm. map diff"],
                 [[rt, p["images"], f"{p['max_relative_score_difference']:.2e}", p["decisions_differing"],
                   f"{p['max_normalised_map_difference']:.2e}"] for rt, p in parity.items()]))
-    write_result(f"bundle_speed_{args.detector}", {"args": vars(args), "fit_seconds": fit_s,
+    name = f"bundle_speed_{args.detector}" + ("" if dataset == MAGNETIC_TILE.name else f"_{dataset}")
+    write_result(name, {"args": vars(args), "dataset": dataset, "input_hw": list(det.input_hw), "fit_seconds": fit_s,
                                                     "export_seconds": export_s, "timing": timing, "runs": runs,
                                                     "parity": parity}, started)
 
