@@ -1,5 +1,5 @@
 """The CPU feature pass by batch size and arithmetic, at the tuned small size and at 640 px: what chose
-``core.features.extractor.cpu_batch_size`` and the bfloat16 pass of the high-resolution settings.
+``core.features.extractor.batch_for_pixels`` and the bfloat16 pass of the high-resolution settings.
 
     .venv/bin/python benchmarks/backbone_batch.py [--rounds 3]
 

@@ -65,17 +65,6 @@ def _feature_module(det):
     return FeatureEmbedding().eval(), lb
 
 
-BUNDLE_BATCH_PIXELS = 8 * 224 * 224
-
-
-def bundle_batch_size(hw: tuple[int, int]) -> int:
-    """Images per graph run in the bundle: 8 for the small default sizes (as bundles always had), fewer as the input
-    grows, one at 640 x 640. On 2 cores onnxruntime scored 640-px boards at 68.6 ms one at a time against 80.7 in
-    batches of 8 (benchmarks/bundle_speed.py --dataset deeppcb_00041), as the torch pass is faster one at a time there
-    (core.features.extractor.cpu_batch_size)."""
-    return max(1, min(8, round(BUNDLE_BATCH_PIXELS / (hw[0] * hw[1]))))
-
-
 def _probe(lb, size: int | tuple[int, int]) -> "torch.Tensor":
     """Two real-looking inputs (a smooth gradient and noise), normalised as the torch path does."""
     rng = np.random.default_rng(0)
@@ -180,6 +169,7 @@ def export_bundle(model_dir: str | Path, out: str | Path, formats: Sequence[str]
     import torch
 
     from core.detectors import load_detector
+    from core.features.extractor import batch_for_pixels
     from core.storage import read_model_config
 
     model_dir, out = Path(model_dir), Path(out)
@@ -228,7 +218,7 @@ def export_bundle(model_dir: str | Path, out: str | Path, formats: Sequence[str]
                       "layout": "N x 3 x height x width (hw) float32, RGB (grey repeated to 3)",
                       "resize": "bilinear, antialiased, align_corners=False, no crop (torch.nn.functional.interpolate)",
                       "scale": "pixel values 0..255, then (x - 255 * mean) / (255 * std)",
-                      "mean": list(lb.mean), "std": list(lb.std), "batch_size": bundle_batch_size(det.input_hw)},
+                      "mean": list(lb.mean), "std": list(lb.std), "batch_size": batch_for_pixels(det.input_hw, 8)},
             "graph": {**{f: GRAPH_FILES[f] for f in formats}, "output": "patches: N x h x w x C float32",
                       "grid": [h, w], "channels": c, "opset": ONNX_OPSET, "check_relative_error": errors},
             "arrays": ARRAYS_FILE,

@@ -246,7 +246,7 @@ class PatchCore(HeatmapDetector):
         return changed
 
     def adapt_to_scale(self) -> None:
-        if self.scale.mode not in ("native", "capped"):
+        if not self.scale.high_resolution:
             return
         changed = self.use_high_resolution_settings()
         if changed:
@@ -255,11 +255,10 @@ class PatchCore(HeatmapDetector):
                 else f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in changed.items()))
 
     def fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
-        high_resolution = self.scale.mode in ("native", "capped")
         patches, variance, (h, w) = self._fit_patches(features)
         self.grid = (h, w)
         rescore_ratio = self.cfg.rescore_ratio
-        if high_resolution and rescore_ratio > self.cfg.ratio:
+        if self.scale.high_resolution and rescore_ratio > self.cfg.ratio:
             # Greedy picks x patches grows with the pixel count squared: at 640 px on deeppcb the 5 % image-score
             # bank meant 45k picks over 902k patches. The automatic high-resolution scale keeps one bank.
             rescore_ratio = 0.0

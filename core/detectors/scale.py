@@ -45,6 +45,12 @@ class ScaleChoice:
     def hw(self) -> tuple[int, int]:
         return (self.height, self.width)
 
+    @property
+    def high_resolution(self) -> bool:
+        """Whether the automatic choice kept the images' own size (native) or scaled them to the budget (capped),
+        rather than the detector's tuned square."""
+        return self.mode in ("native", "capped")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["train_hw"] = list(self.train_hw)

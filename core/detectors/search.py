@@ -132,7 +132,9 @@ class MemoryBankIndex:
         self.config, self.index, self.kind, self.effective = config, index, kind, {}
         self._exact = None
         if kind != "flat":
-            self.ivf = faiss_ivf(index)
+            import faiss
+
+            self.ivf = faiss.extract_index_ivf(index)  # the IVF index itself, or the one IndexRefineFlat wraps
         return self
 
     def to_bytes(self) -> np.ndarray:
@@ -184,9 +186,3 @@ class MemoryBankIndex:
 
         return int(faiss.serialize_index(self.index).size)
 
-
-def faiss_ivf(index):
-    """The IVF index inside a faiss index (itself, or the one an ``IndexRefineFlat`` wraps)."""
-    import faiss
-
-    return faiss.extract_index_ivf(index)

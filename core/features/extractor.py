@@ -47,14 +47,11 @@ class ExtractionResult:
     cache: CacheStats = field(default_factory=CacheStats)
 
 
-CPU_BATCH_PIXELS = 4 * 224 * 224
-
-
-def cpu_batch_size(hw: tuple[int, int]) -> int:
-    """Images per backbone batch on a CPU: about CPU_BATCH_PIXELS input pixels, 1 to 4 images. The pass is bound by
-    the cache, not by arithmetic: on 2 cores lite0 took 36 ms/image in batches of 4 at 208 px against 55 in batches
-    of 16, and at 640 px 62 ms/image one at a time against 85 in batches of 4 (benchmarks/backbone_batch.py)."""
-    return max(1, min(4, round(CPU_BATCH_PIXELS / (hw[0] * hw[1]))))
+def batch_for_pixels(hw: tuple[int, int], at_224: int) -> int:
+    """Images per batch for inputs of ``hw`` (height, width): as many as hold about ``at_224`` images of 224 x 224 px,
+    1 to ``at_224``. On a CPU a pass is bound by the cache, not by arithmetic, so large images go one at a time
+    (benchmarks/backbone_batch.py for the backbone, benchmarks/bundle_speed.py for bundles)."""
+    return max(1, min(at_224, round(at_224 * 224 * 224 / (hw[0] * hw[1]))))
 
 
 class FeatureExtractor:
@@ -78,7 +75,9 @@ class FeatureExtractor:
         self.spec = FeatureSpec(spec.backbone, tuple(layers), int(spec.image_size),
                                 tuple(int(v) for v in spec.input_hw) if spec.input_hw else None, spec.precision)
         self.cache = cache
-        self.batch_size = batch_size or (32 if self.backbone.device.type == "cuda" else cpu_batch_size(self.spec.hw))
+        # A GPU wants large batches; a CPU 4 images at 208-224 px (lite0: faster than 16), fewer as inputs grow.
+        on_gpu = self.backbone.device.type == "cuda"
+        self.batch_size = batch_size or (32 if on_gpu else batch_for_pixels(self.spec.hw, 4))
 
     @property
     def weights_sha256(self) -> str:
