@@ -217,6 +217,17 @@ def test_default_input_sizes():
     assert PatchCore(PatchCoreConfig(image_size=256)).image_size == 256  # an explicit size is kept
 
 
+def test_model_with_an_unknown_precision_is_refused_on_load(patchcore, tmp_path):
+    patchcore.save(tmp_path / "model")
+    cfg_path = tmp_path / "model" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["params"]["precision"] == "float32"
+    cfg["params"]["precision"] = "float8"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match="float8"):
+        load_detector(tmp_path / "model")
+
+
 def test_model_made_with_other_weights_is_refused(patchcore, tmp_path):
     patchcore.save(tmp_path / "model")
     cfg_path = tmp_path / "model" / "config.json"

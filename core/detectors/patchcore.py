@@ -82,8 +82,8 @@ class HighResolutionSettings:
     costs are bought back: the greedy coreset measures distances in a 64-d random projection (its cost is patches x
     picks x dimensions, and the patches grow with the pixel count) and IVF-Flat searches a few cells of the bank
     with exact distances instead of all of it. Chosen on deeppcb_00041 by benchmarks/highres_settings.py. The
-    bfloat16 backbone pass (``precision``) is not among them: 1.4x faster at 640 px (benchmarks/backbone_batch.py)
-    but it cost pixel AUROC and AUPRO on deeppcb (benchmarks/highres_pcb.py --precision bfloat16).
+    bfloat16 backbone pass (``precision``) is not among them: faster at 640 px (benchmarks/backbone_batch.py) but it
+    cost pixel AUROC and AUPRO on deeppcb (benchmarks/highres_pcb.py, its pcb_bf16 run).
     """
 
     ratio: float = 0.03
@@ -115,6 +115,10 @@ class PatchCore(HeatmapDetector):
         self.cfg = config
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed,
                          auto_scale=auto)
+        from core.backbones import PRECISIONS
+
+        if config.precision not in PRECISIONS:  # a config.json edited or from elsewhere: refused on load, not later
+            raise ValueError(f"precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.precision = config.precision
         self.bank: np.ndarray | None = None
         self.bank_source: np.ndarray | None = None  # (image index, row, col) of each bank row in train_paths
