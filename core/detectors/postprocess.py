@@ -11,21 +11,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from core.detectors.resize_matrices import map_matrices
+
 
 def upsample_and_blur(patch_maps: np.ndarray, size: int | tuple[int, int], sigma: float = 4.0) -> np.ndarray:
     """N x h x w patch scores -> N x size x size maps (or N x height x width for ``size`` = (height, width)),
-    bilinear then Gaussian blur (sigma in pixels)."""
-    import cv2  # imported here: Normalisation, below, is also used by the torch-free bundle scorer
-    import torch
-    import torch.nn.functional as F
+    bilinear then Gaussian blur (sigma in pixels), as one matrix per axis (core.detectors.resize_matrices).
 
-    hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    t = torch.as_tensor(np.ascontiguousarray(patch_maps, dtype=np.float32))[:, None]
-    up = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[:, 0].numpy()
-    if sigma <= 0:
-        return up
-    ksize = 2 * int(4.0 * sigma + 0.5) + 1  # as scipy/anomalib: truncate at 4 sigma
-    return np.stack([cv2.GaussianBlur(m, (ksize, ksize), sigmaX=sigma, sigmaY=sigma) for m in up])
+    Two matrix products instead of torch's upsampling and then OpenCV's blur: the same maps, faster at the sizes
+    measured by `python benchmarks/map_resampling.py`. torch multiplies: its OpenMP threads follow the passive wait
+    policy, while numpy's OpenBLAS threads keep spinning after a call and slowed the next backbone pass
+    (benchmarks/README.md)."""
+    import torch  # imported here: Normalisation, below, is also used by the torch-free bundle scorer
+
+    a_h, a_w = map_matrices(patch_maps.shape[1:], size, sigma)
+    maps = torch.as_tensor(np.ascontiguousarray(patch_maps, dtype=np.float32))
+    return torch.matmul(torch.matmul(torch.from_numpy(a_h), maps), torch.from_numpy(a_w).T).numpy()
 
 
 @dataclass
