@@ -171,6 +171,50 @@ def test_image_score_bank_extends_the_map_bank_and_matches_brute_force(patchcore
     np.testing.assert_allclose(lo[0], want, rtol=2e-3)
 
 
+def test_image_score_fine_weight_matches_brute_force_and_leaves_the_map_alone(patchcore, data, cache, tmp_path):
+    """image_score_fine_weight 2: the 8 patches farthest from the bank (by the map's distances) are re-measured with
+    the stride-8 channels doubled, against the bank doubled alike, and the paper's score is taken there; the bank
+    and the map are those of the unweighted model. Saved and loaded, and scored left out, the same way."""
+    from core.detectors.embedding import to_patches
+
+    plain = PatchCore(PatchCoreConfig(ratio=0.02, rescore_ratio=0.0))
+    plain.fit(data[0], cache=cache)
+    det = PatchCore(PatchCoreConfig(ratio=0.02, rescore_ratio=0.0, image_score_fine_weight=2.0))
+    det.fit(data[0], cache=cache)
+    np.testing.assert_array_equal(det.bank, plain.bank)
+    feats = det.extractor(cache).extract_paths(data[1][-3:] + data[0][:1]).features
+    fine = feats["blocks.2"].shape[1]
+    np.testing.assert_array_equal(det.score_scale, np.r_[np.full(fine, 2.0), np.ones(det.bank.shape[1] - fine)])
+    scores, maps, _ = det.score_embeddings(feats)
+    plain_scores, plain_maps, _ = plain.score_embeddings(feats)
+    np.testing.assert_array_equal(maps, plain_maps)
+    patches = to_patches(det.embed(feats)).astype(np.float64)
+    per_image = len(patches) // 4
+    scale = det.score_scale.astype(np.float64)
+    bank = det.bank.astype(np.float64)
+
+    def expected(rows: np.ndarray, keep: np.ndarray) -> float:
+        d_map = np.sqrt(((rows[:, None] - bank[keep][None]) ** 2).sum(-1)).min(axis=1)
+        top = np.argsort(-d_map, kind="stable")[:8]
+        allowed = np.flatnonzero(keep)
+        d = np.sqrt((((rows[top][:, None] - bank[allowed][None]) * scale) ** 2).sum(-1))
+        j = int(d.min(axis=1).argmax())
+        return _reweighted_reference(rows[top[j]] * scale, float(d[j].min()), int(allowed[d[j].argmin()]),
+                                     bank * scale)
+
+    everything = np.ones(len(bank), bool)
+    for i in range(4):
+        rows = patches[i * per_image : (i + 1) * per_image]
+        np.testing.assert_allclose(scores[i], expected(rows, everything), rtol=2e-3)
+    assert not np.allclose(scores, plain_scores)
+    lo, _, _ = det.score_embeddings({k: v[3:] for k, v in feats.items()}, leave_out=np.array([0]))
+    np.testing.assert_allclose(lo[0], expected(patches[3 * per_image :], det.bank_source[:, 0] != 0), rtol=2e-3)
+    det.save(tmp_path / "model")
+    loaded = load_detector(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.score_scale, det.score_scale)
+    np.testing.assert_allclose(loaded.score_embeddings(feats)[0], scores, rtol=1e-6)
+
+
 def test_model_saved_before_the_knn_map_keeps_its_nearest_neighbour_map(patchcore, data, tmp_path):
     from core.data import read_image
 
@@ -286,9 +330,11 @@ def test_ivfflat_distances_are_exact_and_short_queries_are_searched_exactly(patc
     assert (d1[:, 0] >= true - 1e-4).all()  # never nearer than the true neighbour
 
 
-def test_flat_search_split_over_threads_equals_one_call(patchcore, monkeypatch):
-    """The queries of a flat search are searched in slices on a thread pool (faiss-cpu's OpenBLAS is single-
-    threaded): same neighbours, same distances up to float rounding, any k, any query count, in order."""
+@pytest.mark.parametrize("kind", ["flat", "ivfflat"])
+def test_search_split_over_threads_equals_one_call(patchcore, monkeypatch, kind):
+    """The queries of a search are searched in slices on a thread pool (faiss-cpu's OpenBLAS is single-threaded;
+    IVF's coarse quantiser is a flat search too): same neighbours, same distances up to float rounding, any k, any
+    query count, in order."""
     import faiss
 
     from core.detectors import search
@@ -297,7 +343,8 @@ def test_flat_search_split_over_threads_equals_one_call(patchcore, monkeypatch):
     monkeypatch.setattr(faiss, "omp_get_max_threads", lambda: 3)  # three slices even on a 2-core machine
     bank = patchcore._score_bank()[0]
     rng = np.random.default_rng(1)
-    index = MemoryBankIndex(bank)
+    index = MemoryBankIndex(bank, SearchConfig(kind, nprobe=2))
+    assert index.kind == kind
     for n, k in [(1000, 1), (677, 3), (193, 9), (100, 2)]:
         queries = bank[rng.choice(len(bank), n)] + rng.normal(0, 0.1, (n, bank.shape[1])).astype(np.float32)
         assert search.query_slices(n, 3) == min(3, n // search.MIN_QUERIES_PER_SLICE)

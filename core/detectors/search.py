@@ -20,9 +20,11 @@ import numpy as np
 INDEX_KINDS = ("flat", "ivfflat", "ivfpq")
 # faiss computes a flat search's distances as one GEMM, and faiss-cpu's wheels bundle a single-threaded OpenBLAS
 # (its config string ends in SINGLE_THREADED), so that GEMM runs on one core whatever omp_set_num_threads says.
-# Contiguous slices of the queries searched from several Python threads (faiss releases the GIL; its CPU indexes
-# allow concurrent searches) use every core: `python benchmarks/search_threads.py`. Slices stay >= this many
-# queries, where faiss takes its GEMM path (smaller searches are OpenMP-parallel over queries already).
+# The same holds for an IVF index's coarse quantiser (a flat search of the cell centroids), which took ~40 % of an
+# IVF-Flat search at 640 px. Contiguous slices of the queries searched from several Python threads (faiss releases
+# the GIL; its CPU indexes allow concurrent searches) use every core: `python benchmarks/search_threads.py`. Slices
+# stay >= this many queries, where faiss takes its GEMM path (smaller searches are OpenMP-parallel over queries
+# already).
 MIN_QUERIES_PER_SLICE = 64
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -143,7 +145,7 @@ class MemoryBankIndex:
 
         return faiss.serialize_index(self.index)
 
-    parallel_queries = True  # flat search: split the queries over threads (see MIN_QUERIES_PER_SLICE)
+    parallel_queries = True  # split the queries over threads (see MIN_QUERIES_PER_SLICE)
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``(squared L2 distances, indices)`` of the ``k`` nearest bank rows, each Q x k."""
@@ -151,7 +153,7 @@ class MemoryBankIndex:
 
         q = np.ascontiguousarray(queries, dtype=np.float32)
         slices = query_slices(len(q), faiss.omp_get_max_threads()) if self.parallel_queries else 1
-        if self.kind != "flat" or slices == 1:
+        if slices == 1:
             d, i = self.index.search(q, k)
         else:
             parts = list(_search_pool().map(lambda part: self.index.search(part, k), np.array_split(q, slices)))
