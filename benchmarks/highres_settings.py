@@ -1,7 +1,7 @@
 """Which PatchCore settings to use at the automatic high-resolution scale (core.detectors.patchcore's
 HighResolutionSettings), measured on deeppcb_00041 at its own 640 x 640 px.
 
-    .venv/bin/python benchmarks/highres_settings.py [--rows before,k1,...]
+    .venv/bin/python benchmarks/highres_settings.py [--rows before,k1,...] [--seed N]
 
 The features of the 141 training and 160 test boards are taken once (lite0 blocks.2 + blocks.4, 640 px, float32);
 each row then fits PatchCore on them with the settings shown (``fit_embeddings``: coreset and index) and scores the
@@ -50,12 +50,21 @@ ROWS = {
     "r3ivf": ("3 % bank, IVF-Flat", dict(ratio=0.03, map_neighbors=1, blur_sigma=6.0, index=IVF8)),
     "proj64": ("3 %, coreset in a 64-d projection, IVF-Flat",
                dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF8)),
-    "chosen": ("... 4 cells searched (HighResolutionSettings)",
-               dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4)),
-    "ivf2": ("the chosen, 2 cells searched",
+    "ivf4": ("... 4 cells searched",
+             dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4)),
+    "ivf2": ("ivf4 with 2 cells searched",
              dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF2)),
-    "fine15": ("the chosen, stride-8 layer weight 1.5 (--fine-layer-weight)",
+    "fine15": ("ivf4 with the stride-8 layer weighted 1.5 everywhere (--fine-layer-weight)",
                dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4, fine_layer_weight=1.5)),
+    "score15": ("ivf4, the image score's distances with the stride-8 layer weighted 1.5 (--image-score-fine-weight)",
+                dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4,
+                     image_score_fine_weight=1.5)),
+    "chosen": ("... weighted 2 (HighResolutionSettings)",
+               dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4,
+                    image_score_fine_weight=2.0)),
+    "score3": ("... weighted 3",
+               dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4,
+                    image_score_fine_weight=3.0)),
 }
 
 
@@ -73,8 +82,8 @@ def split_metrics(scores, maps, labels, masks, usable, rows) -> dict[str, float]
             "pixel_auroc": pixel_auroc(masks[keep], maps[keep]), "aupro": aupro(masks[keep], maps[keep])}
 
 
-def run_row(name: str, settings: dict, train: dict, test: dict, labels, masks, usable, val_rows) -> dict:
-    det = PatchCore(PatchCoreConfig(image_size=SIZE, layers=LAYERS, rescore_ratio=0.0, **settings))
+def run_row(name: str, settings: dict, train: dict, test: dict, labels, masks, usable, val_rows, seed: int = 0) -> dict:
+    det = PatchCore(PatchCoreConfig(image_size=SIZE, layers=LAYERS, rescore_ratio=0.0, seed=seed, **settings))
     det.set_scale(ScaleChoice(SIZE, SIZE, "forced", "highres_settings"))  # forced: no automatic settings
     seconds = det.fit_embeddings(train, no_progress)
     t0 = time.perf_counter()
@@ -100,6 +109,8 @@ def _three(m: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the coreset's seed (its random start); not 0: results/highres_settings_seed<N>.json")
     args = ap.parse_args()
     started = time.perf_counter()
     index = index_dataset(DEEPPCB)
@@ -112,7 +123,7 @@ def main() -> None:
     val_rows = np.array([position[i] for i in index.splits["val_mix"]])  # val_mix is drawn from test's boards
     rows = []
     for name in args.rows.split(","):
-        r = run_row(name, ROWS[name][1], train, test, labels, masks, usable, val_rows)
+        r = run_row(name, ROWS[name][1], train, test, labels, masks, usable, val_rows, args.seed)
         rows.append(r)
         print(f"{name}: image {r['image_auroc']:.4f} pixel {r['pixel_auroc']:.4f} AUPRO {r['aupro']:.4f} "
               f"bank {r['bank']} coreset {r['coreset_seconds']:.1f} s search {r['search_ms_per_image']:.1f} ms",
@@ -122,7 +133,8 @@ def main() -> None:
                  "coreset s", "search ms/board"],
                 [[r["row"], r["what"], r["bank"], _three(r), _three(r["val_mix"]), r["coreset_seconds"],
                   r["search_ms_per_image"]] for r in rows]))
-    write_result("highres_settings", {"dataset": "deeppcb_00041", "size": SIZE, "layers": list(LAYERS), "rows": rows},
+    write_result("highres_settings" + (f"_seed{args.seed}" if args.seed else ""),
+                 {"dataset": "deeppcb_00041", "size": SIZE, "layers": list(LAYERS), "seed": args.seed, "rows": rows},
                  started)
 
 

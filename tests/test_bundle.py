@@ -39,15 +39,17 @@ def exported(request, tile, tmp_path_factory):
     """(model folder, bundle folder with both graphs, torch-path result on the test slice)."""
     root = tmp_path_factory.mktemp(request.param)
     # PatchCore with the default second (image-score) bank; PaDiM with its default 100 random channels.
-    # "patchcore-ivfflat": one 5 % bank (1,352 rows) searched by IVF-Flat, as high-resolution models are; the
-    # bundle carries the fitted IVF index itself.
+    # "patchcore-ivfflat": one 5 % bank (1,352 rows) searched by IVF-Flat and an image score weighting the finest
+    # layer double, as high-resolution models have; the bundle carries the fitted IVF indexes and the weighting.
     det = {"patchcore": lambda: PatchCore(PatchCoreConfig(ratio=0.02)),
            "patchcore-ivfflat": lambda: PatchCore(PatchCoreConfig(ratio=0.05, rescore_ratio=0.0,
-                                                                  index=SearchConfig("ivfflat"))),
+                                                                  index=SearchConfig("ivfflat"),
+                                                                  image_score_fine_weight=2.0)),
            "padim": lambda: Padim(PadimConfig())}[request.param]()
     det.fit(tile[0])
     if request.param == "patchcore-ivfflat":
-        assert det.index.kind == "ivfflat"
+        assert det.index.kind == "ivfflat" and det.rescore_index.kind == "ivfflat"
+        assert det.score_scale is not None and set(det.score_scale.tolist()) == {1.0, 2.0}
     det.save(root / "model")
     export_bundle(root / "model", root / "bundle", ["onnx", "openvino"])
     ref = load_detector(root / "model").score_paths(tile[1])
@@ -124,12 +126,16 @@ def test_other_format_version_and_missing_file_are_refused(exported, tmp_path):
     _, bundle, _ = exported
     b = _copy(bundle, tmp_path)
     man = json.loads((b / "manifest.json").read_text())
-    man["bundle_format_version"] = 2
+    man["bundle_format_version"] = 3
     (b / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(ModelFormatError, match="format version 2; this product reads version 1"):
+    with pytest.raises(ModelFormatError, match="format version 3; this product reads versions 1, 2"):
         load_bundle(b)
-    man["bundle_format_version"] = 1
+    from safetensors.numpy import load_file
+
+    # what a version-1 bundle can hold (no image-score weighting) still reads
+    man["bundle_format_version"] = 1 if "score_scale" not in load_file(b / "arrays.safetensors") else 2
     (b / "manifest.json").write_text(json.dumps(man))
+    load_bundle(b)
     (b / "feature.xml").unlink()
     with pytest.raises(ModelFormatError, match="lacks feature.xml"):
         load_bundle(b)

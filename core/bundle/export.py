@@ -113,6 +113,8 @@ def _arrays(det) -> dict[str, np.ndarray]:
     arrays = {"bank": det.bank}
     if det.extra_bank is not None and len(det.extra_bank):
         arrays["extra_bank"] = det.extra_bank
+    if det.score_scale is not None:
+        arrays["score_scale"] = det.score_scale
     if det.index.kind != "flat":  # the fitted IVF indexes themselves; flat ones are rebuilt exactly from the rows
         arrays["map_index"] = det.index.to_bytes()
         if det.rescore_index is not None:

@@ -13,7 +13,10 @@ from core.bundle import MANIFEST_NAME
 from core.errors import ModelFormatError
 from core.storage import read_product_json, sha256_file
 
-BUNDLE_FORMAT_VERSION = 1
+# 2: the arrays may hold ``score_scale`` (the image score's layer weighting), which a version-1 reader would ignore
+# and so score differently; version-1 bundles read as before.
+BUNDLE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 FORMATS = ("onnx", "openvino")
 # Runtime per format, with the pip requirement its error message names (pins as in requirements.txt).
 RUNTIMES = {"onnx": ("onnxruntime", "onnxruntime==1.23.2"), "openvino": ("openvino", "openvino==2026.4.1")}
@@ -29,9 +32,10 @@ def read_manifest(folder: str | Path, check_files: bool = True) -> dict[str, Any
                                "Export one with `python -m core export MODEL_DIR --out BUNDLE_DIR`.")
     man = read_product_json(path, "Export the bundle again.", "Export the bundle with this product.")
     version = man.get("bundle_format_version")
-    if version != BUNDLE_FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise ModelFormatError(
-            f"{folder} is a bundle of format version {version!r}; this product reads version {BUNDLE_FORMAT_VERSION}.",
+            f"{folder} is a bundle of format version {version!r}; this product reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}.",
             "Export the model again with this product version (or score it with the version that exported it).",
         )
     files = man.get("files")

@@ -134,10 +134,13 @@ class BundleScorer:
 
         faiss.omp_set_num_threads(threads)
         p = self.manifest["scoring"]
-        self.rule = PatchScoring(int(p["map_neighbors"]), int(p["rescore_patches"]), int(p["num_neighbors"]))
+        scale = np.asarray(arrays["score_scale"], np.float32) if "score_scale" in arrays else None
+        self.rule = PatchScoring(int(p["map_neighbors"]), int(p["rescore_patches"]), int(p["num_neighbors"]), scale)
         search = SearchConfig(**self.manifest["search"])
         bank = arrays["bank"]
         score_bank = np.concatenate([bank, arrays["extra_bank"]]) if "extra_bank" in arrays else None
+        if scale is not None:  # the image score's distances weight the finest layer (PatchCore.score_scale)
+            score_bank = (bank if score_bank is None else score_bank) * scale
 
         def index_over(rows: np.ndarray, name: str) -> MemoryBankIndex:
             if name in arrays:  # IVF-Flat / IVF-PQ: the fitted index itself (its k-means is not rebuilt)

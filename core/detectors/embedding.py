@@ -53,6 +53,17 @@ def patch_embedding(
     return emb.contiguous(memory_format=torch.channels_last)
 
 
+def fine_channel_scale(shapes: dict[str, tuple[int, ...]], layers: tuple[str, ...], weight: float) -> np.ndarray | None:
+    """Per-channel factors of ``patch_embedding``'s output (no channel selection) that weight the layers at the
+    finest resolution by ``weight`` and the others by 1; None when that changes nothing (``weight`` 1, or one
+    resolution only). ``shapes``: each layer's feature shape, channels then height and width last."""
+    dims = [(int(shapes[name][-3]), tuple(int(v) for v in shapes[name][-2:])) for name in layers]
+    size = max(hw for _, hw in dims)
+    if weight == 1.0 or all(hw == size for _, hw in dims):
+        return None
+    return np.concatenate([np.full(c, weight if hw == size else 1.0, np.float32) for c, hw in dims])
+
+
 def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
     """Each layer's share of ``channels`` (indices into the concatenation), channels-last, and the permutation that
     puts the concatenated selections back in ``channels`` order (the identity when ``channels`` is sorted)."""

@@ -8,7 +8,7 @@ searches leaving each training image out of the bank, everything else searches t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,9 @@ class PatchScoring:
     map_neighbors: int
     rescore_patches: int
     num_neighbors: int
+    # Per-channel scale of the image score's distances (PatchCoreConfig.image_score_fine_weight): the farthest
+    # patches are re-measured scaled by it, against an image-score bank scaled the same way. None: the map's.
+    score_scale: np.ndarray | None = field(default=None, compare=False)
 
 
 def score_patches(
@@ -38,9 +41,10 @@ def score_patches(
     """Raw image scores (N,) and patch maps (N x h x w) of ``patches`` ((N*h*w) x C, image then row then column;
     ``shape`` = (N, h, w)).
 
-    ``map_search`` searches the map bank; ``rescore_search`` (None: one bank) the image-score bank for the
-    farthest patches; ``score_search`` / ``score_bank`` are the image-score bank's plain search and rows, where the
-    reweighting's support points are found.
+    ``map_search`` searches the map bank; ``rescore_search`` (None: one bank, the map's distances) the image-score
+    bank for the farthest patches, scaled by ``rule.score_scale`` when it is set; ``score_search`` / ``score_bank``
+    are the image-score bank's plain search and rows (scaled alike), where the reweighting's support points are
+    found.
     """
     n, h, w = shape
     k = max(1, min(int(rule.map_neighbors), int(map_bank_size)))
@@ -51,20 +55,23 @@ def score_patches(
     per_image = patches.reshape(n, h * w, -1)
     nn0 = nn[:, 0].reshape(n, h * w)
     if rescore_search is not None:
-        per_image, nearest, nn0 = rescore_farthest(per_image, nearest, rule.rescore_patches, rescore_search)
+        per_image, nearest, nn0 = rescore_farthest(per_image, nearest, rule.rescore_patches, rescore_search,
+                                                   rule.score_scale)
     scores = reweighted_scores(per_image, nearest, nn0, score_bank, score_search, rule.num_neighbors)
     return scores, patch_map
 
 
 def rescore_farthest(
-    patches: np.ndarray, nearest: np.ndarray, rescore_patches: int, search: SearchFn
+    patches: np.ndarray, nearest: np.ndarray, rescore_patches: int, search: SearchFn,
+    scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``rescore_patches`` patches of each image farthest from the map bank (N x T x C), their distances
-    to the image-score bank (N x T) and their nearest rows there (N x T)."""
+    """The ``rescore_patches`` patches of each image farthest from the map bank (N x T x C, times ``scale`` per
+    channel when given), their distances to the image-score bank (N x T) and their nearest rows there (N x T)."""
     n, p, c = patches.shape
     t = max(1, min(int(rescore_patches), p))
     top = np.argsort(-nearest, axis=1, kind="stable")[:, :t]
-    picked = np.ascontiguousarray(np.take_along_axis(patches, top[:, :, None], axis=1))
+    picked = np.take_along_axis(patches, top[:, :, None], axis=1)
+    picked = np.ascontiguousarray(picked if scale is None else picked * scale.astype(np.float32))
     d2, nn = search(picked.reshape(n * t, c), 1)
     return picked, np.sqrt(d2[:, 0]).reshape(n, t), nn[:, 0].reshape(n, t)
 

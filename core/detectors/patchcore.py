@@ -24,7 +24,7 @@ import torch
 
 from core.detectors.base import HeatmapDetector
 from core.detectors.coreset import coreset_size, greedy_continue, select_coreset
-from core.detectors.embedding import local_variance, patch_embedding, to_patches
+from core.detectors.embedding import fine_channel_scale, local_variance, patch_embedding, to_patches
 from core.detectors.patch_scoring import PatchScoring, score_patches
 from core.detectors.scale import DEFAULT_PIXEL_BUDGET
 from core.detectors.search import INDEX_KINDS, MemoryBankIndex, SearchConfig
@@ -55,6 +55,11 @@ class PatchCoreConfig:
     # <= ratio: off (one bank, the paper). Chosen by benchmarks/rescore_bank.py (magnetic_tile, seeds 0-5).
     rescore_ratio: float = 0.05
     rescore_patches: int = 8
+    # The finest layer's weight in the image score's distances (1.0: the map's distances). Above 1, the
+    # ``rescore_patches`` patches farthest from the bank are re-measured with the finest layer weighted this much,
+    # against the image-score bank weighted alike: small defects show most in the finest layer, while the map keeps
+    # ``fine_layer_weight`` (raising that instead cost localisation; benchmarks/highres_settings.py).
+    image_score_fine_weight: float = 1.0
     # Coreset distances in a random projection to this many dimensions; 0 = auto: none up to 256 channels (lite0's
     # 152), else 128 (the paper's). On lite0 the projection only added noise (benchmarks/coreset_seeds.py).
     projection_dim: int = 0
@@ -78,7 +83,9 @@ class HighResolutionSettings:
 
     At 640 px a defect of a few pixels is one or two stride-8 cells: a denser bank (fewer rare normal patterns left
     uncovered), the nearest bank patch alone for the map (the k-NN mean of 3 spreads a one-cell defect into its
-    surroundings) and a wider blur (a 640-px map of 8-px cells) each raised pixel AUROC and AUPRO. The denser bank's
+    surroundings) and a wider blur (a 640-px map of 8-px cells) each raised pixel AUROC and AUPRO; the image score
+re-measures the farthest patches with the stride-8 layer weighted double, which raised image AUROC without touching
+the map. The denser bank's
     costs are bought back: the greedy coreset measures distances in a 64-d random projection (its cost is patches x
     picks x dimensions, and the patches grow with the pixel count) and IVF-Flat searches a few cells of the bank
     with exact distances instead of all of it. Chosen on deeppcb_00041 by benchmarks/highres_settings.py. The
@@ -91,6 +98,7 @@ class HighResolutionSettings:
     map_neighbors: int = 1
     blur_sigma: float = 6.0
     index: SearchConfig = SearchConfig(kind="ivfflat", nprobe=4)
+    image_score_fine_weight: float = 2.0
 
 
 LEAVE_OUT_MARGIN = 16  # extra neighbours of a leave-out search's first, short pass
@@ -127,6 +135,8 @@ class PatchCore(HeatmapDetector):
         self.extra_source: np.ndarray | None = None
         self.rescore_index: MemoryBankIndex | None = None
         self.score_source: np.ndarray | None = None  # bank_source, then extra_source: rows of the image-score bank
+        # Per-channel scale of the image score's distances (image_score_fine_weight), None: the map's distances.
+        self.score_scale: np.ndarray | None = None
         self.grid: tuple[int, int] = (0, 0)
         self.index: MemoryBankIndex | None = None
         self.coreset_seconds = 0.0
@@ -178,6 +188,10 @@ class PatchCore(HeatmapDetector):
         p.add_argument("--fine-layer-weight", type=float, default=1.0,
                        help="PatchCore: scale of the stride-8 features in patch distances (<1 favours image-level "
                             "detection and pixel AUROC, >1 small defects and AUPRO)")
+        p.add_argument("--image-score-fine-weight", type=float, default=1.0,
+                       help="PatchCore: weight of the stride-8 features in the image score's distances only (the "
+                            "--rescore-patches farthest patches re-measured; 2 at the automatic high-resolution "
+                            "scale, where it lifts detection of few-pixel defects; the map keeps its distances)")
         p.add_argument("--index", choices=list(INDEX_KINDS), default="flat",
                        help="PatchCore: faiss index (the automatic high-resolution scale uses ivfflat)")
         p.add_argument("--nprobe", type=int, default=8, help="PatchCore: IVF lists searched (--index ivf*)")
@@ -193,6 +207,7 @@ class PatchCore(HeatmapDetector):
                 "coreset_size": args.coreset_size, "rescore_ratio": args.rescore_ratio,
                 "rescore_patches": args.rescore_patches, "num_neighbors": args.num_neighbors,
                 "map_neighbors": args.map_neighbors, "fine_layer_weight": args.fine_layer_weight,
+                "image_score_fine_weight": args.image_score_fine_weight,
                 "index": SearchConfig(kind=args.index, nprobe=args.nprobe), "precision": args.precision}
 
     def pixel_budget(self) -> int:
@@ -283,6 +298,8 @@ class PatchCore(HeatmapDetector):
             progress=progress,
         )
         self.coreset_seconds = cs.seconds
+        self.score_scale = fine_channel_scale({k: v.shape for k, v in features.items()}, self.layers,
+                                              float(self.cfg.image_score_fine_weight))
         # select_coreset returns picks in order (greedy) or in random order: any prefix is a coreset of its own.
         self.bank, self.bank_source = _rows_and_sources(patches, cs.indices[:n_map], h, w)
         self.extra_bank, self.extra_source = (
@@ -295,10 +312,13 @@ class PatchCore(HeatmapDetector):
     def _build_indexes(self) -> None:
         self.index = MemoryBankIndex(self.bank, self.cfg.index, seed=self.seed)
         self.rescore_index, self.score_source = None, self.bank_source
+        rows = self.bank
         if self.extra_bank is not None and len(self.extra_bank):
-            self.rescore_index = MemoryBankIndex(np.concatenate([self.bank, self.extra_bank]), self.cfg.index,
-                                                 seed=self.seed)
+            rows = np.concatenate([self.bank, self.extra_bank])
             self.score_source = np.concatenate([self.bank_source, self.extra_source])
+        if rows is not self.bank or self.score_scale is not None:
+            scaled = rows if self.score_scale is None else rows * self.score_scale
+            self.rescore_index = MemoryBankIndex(scaled, self.cfg.index, seed=self.seed)
 
     def _score_bank(self) -> tuple[np.ndarray, np.ndarray, MemoryBankIndex]:
         """The bank the image score is taken in: its rows, their sources and its index."""
@@ -307,7 +327,8 @@ class PatchCore(HeatmapDetector):
         return self.rescore_index.bank, self.score_source, self.rescore_index
 
     def _scoring(self) -> PatchScoring:
-        return PatchScoring(self.cfg.map_neighbors, self.cfg.rescore_patches, self.cfg.num_neighbors)
+        return PatchScoring(self.cfg.map_neighbors, self.cfg.rescore_patches, self.cfg.num_neighbors,
+                            self.score_scale)
 
     def score_embeddings(
         self, features: dict[str, np.ndarray], leave_out: np.ndarray | None = None
@@ -396,6 +417,8 @@ class PatchCore(HeatmapDetector):
         arrays = {"bank": self.bank, "bank_source": self.bank_source}
         if self.extra_bank is not None and len(self.extra_bank):
             arrays.update(extra_bank=self.extra_bank, extra_source=self.extra_source)
+        if self.score_scale is not None:
+            arrays["score_scale"] = self.score_scale
         return arrays
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -405,6 +428,12 @@ class PatchCore(HeatmapDetector):
         if "extra_bank" in arrays:
             self.extra_bank = np.ascontiguousarray(arrays["extra_bank"], dtype=np.float32)
             self.extra_source = arrays["extra_source"]
+        self.score_scale = None
+        if "score_scale" in arrays:
+            self.score_scale = np.asarray(arrays["score_scale"], np.float32)
+            if self.score_scale.shape != (self.bank.shape[1],):
+                raise ValueError(f"score_scale has shape {self.score_scale.shape}, the bank {self.bank.shape[1]} "
+                                 "channels")
         self._build_indexes()
 
     def learn_normals(self, features: dict[str, np.ndarray], first_index: int) -> dict[str, Any]:
@@ -433,6 +462,7 @@ class PatchCore(HeatmapDetector):
         p.setdefault("map_neighbors", 1)  # models saved before the k-NN map keep their nearest-neighbour maps
         p.setdefault("fine_layer_weight", 1.0)  # models saved before layer weighting keep unweighted features
         p.setdefault("rescore_ratio", 0.0)  # models saved before the image-score bank score in their one bank
+        p.setdefault("image_score_fine_weight", 1.0)  # ... and before its layer weighting with the map's distances
         det = cls(PatchCoreConfig(**p))
         det.grid = grid
         return det
