@@ -116,9 +116,10 @@ def fit_section(root: str | None) -> None:
                         help="Automatic: the detector's default for small images, else the images' own size up to "
                              "a pixel budget (aspect ratio kept), so defects of a few pixels stay visible. The fit "
                              "report says what it chose and why.")
-    c4, c5, c6 = st.columns(3)
+    fields = wb.detector_form(detector)
+    cols = [c for _ in range(len(fields) // 3 + 1) for c in st.columns(3)]  # rows of three; the name comes last
     options = {}
-    for col, f in zip((c4, c5), wb.detector_form(detector)):
+    for col, f in zip(cols, fields):
         if f.kind == "choice":
             options[f.name] = col.selectbox(f.label, list(f.choices), key=f"fit_{f.name}", help=f.help)
         else:
@@ -126,7 +127,8 @@ def fit_section(root: str | None) -> None:
             options[f.name] = col.number_input(f.label, min_value=cast(f.minimum), max_value=cast(f.maximum),
                                                value=cast(f.default), step=cast(f.step), key=f"fit_{f.name}",
                                                help=f.help, format="%.3f" if f.kind == "float" else "%d")
-    name = c6.text_input("Model name", value="", placeholder=wb.default_model_name(ov.name, detector), key="fit_name")
+    name = cols[len(fields)].text_input("Model name", value="", placeholder=wb.default_model_name(ov.name, detector),
+                                        key="fit_name")
     disabled = ov.is_domain_set
     if st.button(f"Fit {detector} on {ov.name}", type="primary", disabled=disabled, key="fit_go"):
         bar = st.progress(0.0, text="Starting…")

@@ -7,6 +7,7 @@ upload test replaces ``st.file_uploader`` (only the browser's file picker) with 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def test_home_shows_demo_and_fits_a_model(models_root, demo_root):
     for key in ("fit_detector", "fit_backbone", "fit_size", "fit_coreset"):
         assert at.selectbox(key=key) is not None
     assert at.number_input(key="fit_ratio").value == pytest.approx(0.01)
+    precision = at.selectbox(key="fit_precision")  # the backbone's arithmetic is a form field too
+    assert precision.value == "float32" and "bfloat16" in precision.options
 
     at.selectbox(key="fit_coreset").set_value("random")
     at.number_input(key="fit_ratio").set_value(0.02)
@@ -58,6 +61,7 @@ def test_home_shows_demo_and_fits_a_model(models_root, demo_root):
     _no_exceptions(at)
     assert not _errors(at), _errors(at)
     assert (models_root / "home-fit" / "config.json").is_file()
+    assert json.loads((models_root / "home-fit" / "config.json").read_text())["params"]["precision"] == "float32"
     assert at.session_state["model_dir"] == str(models_root / "home-fit")
     done = " ".join(s.value for s in at.success)
     assert "home-fit" in done and "extraction" in done and "calibration" in done and "hits" in done

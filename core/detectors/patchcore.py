@@ -152,6 +152,7 @@ class PatchCore(HeatmapDetector):
 
     @classmethod
     def form_fields(cls) -> tuple:
+        from core.backbones import PRECISIONS
         from core.detectors.coreset import METHODS
         from core.detectors.registry import FormField
 
@@ -160,7 +161,11 @@ class PatchCore(HeatmapDetector):
                       ("greedy", *[m for m in METHODS if m != "greedy"]),
                       help="greedy: k-center greedy (paper); random; variance-weighted greedy."),
             FormField("ratio", "Coreset ratio", "float", 0.01, minimum=0.001, maximum=1.0, step=0.005,
-                      help="Share of all training patches kept."),
+                      help="Share of all training patches kept (left at 0.01, the automatic high-resolution scale "
+                           "keeps 0.03)."),
+            FormField("precision", "Backbone arithmetic", "choice", "float32", PRECISIONS,
+                      help="bfloat16: faster where the CPU has AVX512-BF16 or AMX, or on a GPU; features differ by a "
+                           "few %."),
         )
 
     @classmethod
