@@ -40,6 +40,7 @@ DEEPPCB = REPO.parent / "shared" / "datasets" / "deeppcb_00041"
 LAYERS = ("blocks.2", "blocks.4")
 SIZE = 640
 FLAT, IVF8, IVF4, IVF2 = (SearchConfig("flat"), *(SearchConfig("ivfflat", nprobe=p) for p in (8, 4, 2)))
+IVF4_PCA64 = SearchConfig("ivfflat", nprobe=4, pca_dim=64, rerank_factor=4)
 # name -> (what it is, settings); every row spells out what differs from PatchCoreConfig's defaults.
 ROWS = {
     "before": ("the defaults (what 640 px used before)", dict(ratio=0.01, map_neighbors=3, blur_sigma=4.0, index=FLAT)),
@@ -59,12 +60,16 @@ ROWS = {
     "score15": ("ivf4, the image score's distances with the stride-8 layer weighted 1.5 (--image-score-fine-weight)",
                 dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4,
                      image_score_fine_weight=1.5)),
-    "chosen": ("... weighted 2 (HighResolutionSettings)",
+    "score2": ("... weighted 2",
                dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4,
                     image_score_fine_weight=2.0)),
     "score3": ("... weighted 3",
                dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4,
                     image_score_fine_weight=3.0)),
+    "chosen": ("score2, IVF-Flat in a 64-d PCA projection, 4 candidates per neighbour re-ranked exactly "
+               "(HighResolutionSettings)",
+               dict(ratio=0.03, projection_dim=64, map_neighbors=1, blur_sigma=6.0, index=IVF4_PCA64,
+                    image_score_fine_weight=2.0)),
 }
 
 

@@ -39,16 +39,19 @@ def exported(request, tile, tmp_path_factory):
     """(model folder, bundle folder with both graphs, torch-path result on the test slice)."""
     root = tmp_path_factory.mktemp(request.param)
     # PatchCore with the default second (image-score) bank; PaDiM with its default 100 random channels.
-    # "patchcore-ivfflat": one 5 % bank (1,352 rows) searched by IVF-Flat and an image score weighting the finest
-    # layer double, as high-resolution models have; the bundle carries the fitted IVF indexes and the weighting.
+    # "patchcore-ivfflat": one 5 % bank (1,352 rows) searched by IVF-Flat in a 64-d PCA projection with exact
+    # re-rank, and an image score weighting the finest layer double, as high-resolution models have; the bundle
+    # carries the fitted indexes (projection, cells, re-rank rows) and the weighting.
     det = {"patchcore": lambda: PatchCore(PatchCoreConfig(ratio=0.02)),
            "patchcore-ivfflat": lambda: PatchCore(PatchCoreConfig(ratio=0.05, rescore_ratio=0.0,
-                                                                  index=SearchConfig("ivfflat"),
+                                                                  index=SearchConfig("ivfflat", pca_dim=64,
+                                                                                     rerank_factor=4),
                                                                   image_score_fine_weight=2.0)),
            "padim": lambda: Padim(PadimConfig())}[request.param]()
     det.fit(tile[0])
     if request.param == "patchcore-ivfflat":
         assert det.index.kind == "ivfflat" and det.rescore_index.kind == "ivfflat"
+        assert det.index.effective["pca_dim"] == 64
         assert det.score_scale is not None and set(det.score_scale.tolist()) == {1.0, 2.0}
     det.save(root / "model")
     export_bundle(root / "model", root / "bundle", ["onnx", "openvino"])

@@ -330,8 +330,35 @@ def test_ivfflat_distances_are_exact_and_short_queries_are_searched_exactly(patc
     assert (d1[:, 0] >= true - 1e-4).all()  # never nearer than the true neighbour
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivfflat"])
-def test_search_split_over_threads_equals_one_call(patchcore, monkeypatch, kind):
+def test_ivfflat_in_a_pca_projection_re_ranks_to_exact_distances(patchcore):
+    """pca_dim: cells and candidates found in a 64-d PCA projection, the candidates' distances then measured in all
+    152 dimensions; the nearest of them comes back with its exact distance (never nearer than the true neighbour),
+    nearly always the true one; a query whose probed cell is too small is still searched exactly."""
+    from core.detectors.search import MemoryBankIndex
+
+    bank = patchcore._score_bank()[0]
+    rng = np.random.default_rng(0)
+    queries = bank[rng.choice(len(bank), 300, replace=False)] + rng.normal(0, 0.05, (300, bank.shape[1])).astype(
+        np.float32
+    )
+    flat_d, flat_i = MemoryBankIndex(bank, SearchConfig("flat")).search(queries, 1)
+    pca = MemoryBankIndex(bank, SearchConfig("ivfflat", nprobe=4, pca_dim=64, rerank_factor=4))
+    assert pca.kind == "ivfflat" and pca.effective["pca_dim"] == 64
+    d, i = pca.search(queries, 3)
+    exact = ((queries[:, None, :].astype(np.float64) - bank[i].astype(np.float64)) ** 2).sum(axis=2)
+    np.testing.assert_allclose(d, exact, rtol=1e-4, atol=1e-4)
+    assert (np.diff(d, axis=1) >= 0).all()
+    true = ((queries.astype(np.float64) - bank[flat_i[:, 0]].astype(np.float64)) ** 2).sum(axis=1)
+    assert (d[:, 0] >= true * (1 - 1e-5) - 1e-6).all()  # (the flat search's own distances round with the norms)
+    assert (i[:, 0] == flat_i[:, 0]).mean() > 0.95
+    one = MemoryBankIndex(bank, SearchConfig("ivfflat", nprobe=1, pca_dim=64, rerank_factor=1))
+    k = max(one.ivf.invlists.list_size(j) for j in range(one.ivf.nlist)) + 1
+    d, i = one.search(queries, k)
+    assert (i >= 0).all() and np.isfinite(d).all()
+
+
+@pytest.mark.parametrize("kind, pca_dim", [("flat", 0), ("ivfflat", 0), ("ivfflat", 64)])
+def test_search_split_over_threads_equals_one_call(patchcore, monkeypatch, kind, pca_dim):
     """The queries of a search are searched in slices on a thread pool (faiss-cpu's OpenBLAS is single-threaded;
     IVF's coarse quantiser is a flat search too): same neighbours, same distances up to float rounding, any k, any
     query count, in order."""
@@ -343,7 +370,7 @@ def test_search_split_over_threads_equals_one_call(patchcore, monkeypatch, kind)
     monkeypatch.setattr(faiss, "omp_get_max_threads", lambda: 3)  # three slices even on a 2-core machine
     bank = patchcore._score_bank()[0]
     rng = np.random.default_rng(1)
-    index = MemoryBankIndex(bank, SearchConfig(kind, nprobe=2))
+    index = MemoryBankIndex(bank, SearchConfig(kind, nprobe=2, pca_dim=pca_dim))
     assert index.kind == kind
     for n, k in [(1000, 1), (677, 3), (193, 9), (100, 2)]:
         queries = bank[rng.choice(len(bank), n)] + rng.normal(0, 0.1, (n, bank.shape[1])).astype(np.float32)

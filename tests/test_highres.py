@@ -48,7 +48,8 @@ def test_default_fit_scores_pcb_boards_at_their_own_size_and_beats_208_px(pcb, t
     assert "640 x 640" in report.notes[0] and "no image-score bank" in report.notes[2]
     # The high-resolution settings replace the defaults, and say so (core.detectors.patchcore.HighResolutionSettings)
     assert report.notes[1].startswith("high-resolution settings: ratio 0.03, projection_dim 64, map_neighbors 1, "
-                                   "blur_sigma 6, index ivfflat (nprobe 4), image_score_fine_weight 2")
+                                   "blur_sigma 6, index ivfflat (nprobe 4, PCA 64, re-rank x4), "
+                                   "image_score_fine_weight 2")
     assert auto.score_scale is not None and auto.rescore_index is not None  # the image score weights stride 8 x2
     assert auto.extra_bank is None and len(auto.bank) == round(0.03 * N_TRAIN * 80 * 80)
     assert auto.index.kind == "ivfflat" and auto.cfg.map_neighbors == 1 and auto.blur_sigma == 6.0

@@ -83,21 +83,21 @@ class HighResolutionSettings:
 
     At 640 px a defect of a few pixels is one or two stride-8 cells: a denser bank (fewer rare normal patterns left
     uncovered), the nearest bank patch alone for the map (the k-NN mean of 3 spreads a one-cell defect into its
-    surroundings) and a wider blur (a 640-px map of 8-px cells) each raised pixel AUROC and AUPRO; the image score
-re-measures the farthest patches with the stride-8 layer weighted double, which raised image AUROC without touching
-the map. The denser bank's
-    costs are bought back: the greedy coreset measures distances in a 64-d random projection (its cost is patches x
-    picks x dimensions, and the patches grow with the pixel count) and IVF-Flat searches a few cells of the bank
-    with exact distances instead of all of it. Chosen on deeppcb_00041 by benchmarks/highres_settings.py. The
-    bfloat16 backbone pass (``precision``) is not among them: faster at 640 px (benchmarks/backbone_batch.py) but it
-    cost pixel AUROC and AUPRO on deeppcb (benchmarks/highres_pcb.py, its pcb_bf16 run).
+    surroundings) and a wider blur (a 640-px map of 8-px cells) each raised pixel AUROC and AUPRO. The image score
+    re-measures the farthest patches with the stride-8 layer weighted double, which raised image AUROC without
+    touching the map. The denser bank's costs are bought back: the greedy coreset measures distances in a 64-d
+    random projection (its cost is patches x picks x dimensions, and the patches grow with the pixel count), and
+    IVF-Flat searches a few cells of the bank in a 64-d PCA projection, its candidates re-ranked by exact distances.
+    Chosen on deeppcb_00041 by benchmarks/highres_settings.py. The bfloat16 backbone pass (``precision``) is not
+    among them: faster at 640 px (benchmarks/backbone_batch.py) but it cost pixel AUROC and AUPRO on deeppcb
+    (benchmarks/highres_pcb.py, its pcb_bf16 run).
     """
 
     ratio: float = 0.03
     projection_dim: int = 64
     map_neighbors: int = 1
     blur_sigma: float = 6.0
-    index: SearchConfig = SearchConfig(kind="ivfflat", nprobe=4)
+    index: SearchConfig = SearchConfig(kind="ivfflat", nprobe=4, pca_dim=64, rerank_factor=4)
     image_score_fine_weight: float = 2.0
 
 
@@ -200,6 +200,9 @@ class PatchCore(HeatmapDetector):
         p.add_argument("--index", choices=list(INDEX_KINDS), default="flat",
                        help="PatchCore: faiss index (the automatic high-resolution scale uses ivfflat)")
         p.add_argument("--nprobe", type=int, default=8, help="PatchCore: IVF lists searched (--index ivf*)")
+        p.add_argument("--pca-dim", type=int, default=0,
+                       help="PatchCore, --index ivfflat: search in a PCA projection to this many dimensions and "
+                            "re-rank the candidates exactly (64 at the automatic high-resolution scale; 0: off)")
         from core.backbones import PRECISIONS
 
         p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
@@ -213,7 +216,8 @@ class PatchCore(HeatmapDetector):
                 "rescore_patches": args.rescore_patches, "num_neighbors": args.num_neighbors,
                 "map_neighbors": args.map_neighbors, "fine_layer_weight": args.fine_layer_weight,
                 "image_score_fine_weight": args.image_score_fine_weight,
-                "index": SearchConfig(kind=args.index, nprobe=args.nprobe), "precision": args.precision}
+                "index": SearchConfig(kind=args.index, nprobe=args.nprobe, pca_dim=args.pca_dim),
+                "precision": args.precision}
 
     def pixel_budget(self) -> int:
         return self.cfg.pixel_budget or DEFAULT_PIXEL_BUDGET
@@ -275,7 +279,8 @@ class PatchCore(HeatmapDetector):
         changed = self.use_high_resolution_settings()
         if changed:
             self.fit_notes.append("high-resolution settings: " + ", ".join(
-                f"{k} {v.kind} (nprobe {v.nprobe})" if isinstance(v, SearchConfig)
+                f"{k} {v.kind} (nprobe {v.nprobe}" + (f", PCA {v.pca_dim}, re-rank x{v.rerank_factor})" if v.pca_dim
+                                                       else ")") if isinstance(v, SearchConfig)
                 else f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in changed.items()))
 
     def fit_embeddings(self, features: dict[str, np.ndarray], progress: ProgressFn) -> dict[str, float]:
