@@ -136,6 +136,16 @@ def choose_subset(index, n_train: int | None, n_test: int | None):
     return train, test
 
 
+def write_manifest(path: Path, index, train_paths: list[str], test, test_paths: list[str]) -> None:
+    """The image lists the peer reads: train paths, test paths with label, defect class and mask path."""
+    path.write_text(json.dumps({
+        "train": train_paths,
+        "test": [{"path": p, "label": int(r.label), "defect": r.defect,
+                  "mask": str(index.mask_path(r)) if index.mask_path(r) else None}
+                 for p, r in zip(test_paths, test)],
+    }))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # measurements
 
@@ -362,6 +372,20 @@ def _sd(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.4f}"
 
 
+def ratios(prod: dict, peer: dict) -> dict:
+    """Peer / product for times and memory (> 1: the product is faster or leaner); product - peer for the metrics."""
+    return {
+        "fit": peer["fit"]["total_s"] / prod["fit"]["total_s"],
+        "ms_per_image": peer["timing"]["ms_per_image"] / prod["timing"]["ms_per_image"],
+        "ms_per_image_batch1": peer["timing"]["ms_per_image_batch1"] / prod["timing"]["ms_per_image_batch1"],
+        "score_all": peer["score_all"]["ms_per_image"] / prod["score_all"]["ms_per_image"],
+        "peak_rss": peer["peak_rss_bytes"] / prod["peak_rss_bytes"],
+        "image_auroc_delta": prod["image_auroc"] - peer["image_auroc"],
+        "pixel_auroc_delta": _d(prod["pixel_auroc"], peer["pixel_auroc"]),
+        "aupro_delta": _d(prod["aupro"], peer["aupro"]),
+    }
+
+
 def table(results: dict) -> str:
     head = ("model", "system", "input", "image AUROC", "pixel AUROC", "AUPRO", "fit s",
             f"ms/image (batch {PROBE_BATCH})", "ms/image (batch 1)", "test pass ms/image", "peak RSS")
@@ -530,12 +554,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
         tmp = Path(tmp)
         manifest = tmp / "manifest.json"
-        manifest.write_text(json.dumps({
-            "train": train_paths,
-            "test": [{"path": p, "label": int(r.label), "defect": r.defect,
-                      "mask": str(index.mask_path(r)) if index.mask_path(r) else None}
-                     for p, r in zip(test_paths, test)],
-        }))
+        write_manifest(manifest, index, train_paths, test, test_paths)
         masks_file = tmp / "masks.npy"
         np.save(masks_file, peer_masks)  # the peer's self-report, at its own size
         ref = tmp / "features.npz"
@@ -547,17 +566,7 @@ def main() -> None:
             log(f"=== {model}: peer (anomalib)")
             peer = run_peer(model, weights, manifest, masks_file, ref, tmp / f"{model}.npz", labels, masks, args.seed,
                             args.peer_size)
-            ratios = {
-                "fit": peer["fit"]["total_s"] / prod["fit"]["total_s"],
-                "ms_per_image": peer["timing"]["ms_per_image"] / prod["timing"]["ms_per_image"],
-                "ms_per_image_batch1": peer["timing"]["ms_per_image_batch1"] / prod["timing"]["ms_per_image_batch1"],
-                "score_all": peer["score_all"]["ms_per_image"] / prod["score_all"]["ms_per_image"],
-                "peak_rss": peer["peak_rss_bytes"] / prod["peak_rss_bytes"],
-                "image_auroc_delta": prod["image_auroc"] - peer["image_auroc"],
-                "pixel_auroc_delta": _d(prod["pixel_auroc"], peer["pixel_auroc"]),
-                "aupro_delta": _d(prod["aupro"], peer["aupro"]),
-            }
-            results[model] = {"product": prod, "peer": peer, "ratios": ratios}
+            results[model] = {"product": prod, "peer": peer, "ratios": ratios(prod, peer)}
 
     product_inputs = {m: "x".join(str(v) for v in r["product"]["input_hw"]) for m, r in results.items()}
     out = {
