@@ -1,7 +1,7 @@
 """A large synthetic image at its own resolution: PatchCore fitted on two defect-free H x W textures (pixel budget
 raised so the automatic scale keeps them native), then one normal and one with a 3 x 3 px speck scored one at a time.
 
-    .venv/bin/python benchmarks/highres_synthetic.py [--sizes 2000x3000,3000x4000]
+    .venv/bin/python benchmarks/highres_synthetic.py [--sizes 2000x3000,3000x4000] [--precision bfloat16]
 
 Reports fit seconds, seconds per scored image (backbone / search / map), peak RSS of the process so far, the scores
 against the threshold and how far the map's peak is from the speck. Writes benchmarks/results/highres_synthetic.json.
@@ -30,7 +30,7 @@ def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return _texture(rng, h, w)
 
 
-def run(h: int, w: int) -> dict:
+def run(h: int, w: int, precision: str = "float32") -> dict:
     from core.detectors import PatchCore, PatchCoreConfig
 
     rng = np.random.default_rng(0)
@@ -43,7 +43,7 @@ def run(h: int, w: int) -> dict:
         normal, defect = texture(rng, h, w), texture(rng, h, w)
         y, x = h * 5 // 8, w * 7 // 10
         defect[y : y + 3, x : x + 3] = 255
-        det = PatchCore(PatchCoreConfig(pixel_budget=h * w + 1, ratio=0.005, rescore_ratio=0.0))
+        det = PatchCore(PatchCoreConfig(pixel_budget=h * w + 1, ratio=0.005, rescore_ratio=0.0, precision=precision))
         t0 = time.perf_counter()
         report = det.fit(train)
         fit_s = time.perf_counter() - t0
@@ -72,6 +72,8 @@ def run(h: int, w: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="2000x3000,3000x4000", help="comma-separated HxW")
+    ap.add_argument("--precision", default="float32",
+                    help="the backbone's arithmetic (bfloat16: results/highres_synthetic_bfloat16.json)")
     args = ap.parse_args()
     from core.config import set_threads
 
@@ -80,14 +82,15 @@ def main() -> None:
     rows = []
     for spec in args.sizes.split(","):
         h, w = (int(v) for v in spec.split("x"))
-        r = run(h, w)
+        r = run(h, w, args.precision)
         rows.append(r)
         print(r, flush=True)
     print(table(["size", "fit s", "s/image", "normal / defect / threshold", "peak offset px", "peak RSS GB"],
                 [[r["size"], r["fit_seconds"], r["seconds_per_image"],
                   f"{r['normal_score']:.1f} / {r['defect_score']:.1f} / {r['threshold']:.1f}", r["peak_offset_px"],
                   r["peak_rss_gb_so_far"]] for r in rows]))
-    write_result("highres_synthetic", {"rows": rows}, started)
+    name = "highres_synthetic" + ("" if args.precision == "float32" else f"_{args.precision}")
+    write_result(name, {"precision": args.precision, "rows": rows}, started)
 
 
 if __name__ == "__main__":
