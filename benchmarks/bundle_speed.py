@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dataset", default=str(MAGNETIC_TILE))
+    ap.add_argument("--precision", default="float32",
+                    help="PatchCore's backbone arithmetic at fit (the bundle's graph is float32 whatever it is)")
     args = ap.parse_args()
     started = time.perf_counter()
 
@@ -54,7 +56,7 @@ def main() -> None:
     from core.bundle.runtime import load_bundle
     from core.config import set_threads
     from core.data import index_dataset, read_image
-    from core.detectors import Padim, PatchCore, load_detector
+    from core.detectors import Padim, PatchCore, PatchCoreConfig, load_detector
     from core.features import FeatureCache
 
     set_threads()
@@ -63,7 +65,7 @@ def main() -> None:
     train = [str(index.abs_path(r)) for r in index.split("train_normal")][: args.train]
     test = [str(index.abs_path(r)) for r in index.split("test")]
     tmp = Path(tempfile.mkdtemp(prefix="bundle_speed-"))
-    det = PatchCore() if args.detector == "patchcore" else Padim()
+    det = PatchCore(PatchCoreConfig(precision=args.precision)) if args.detector == "patchcore" else Padim()
     t0 = time.perf_counter()
     det.fit(train, cache=FeatureCache())
     fit_s = time.perf_counter() - t0
@@ -115,7 +117,8 @@ def main() -> None:
     print(table(["runtime", "test images", "max rel. score diff", "decisions differing", "max norm. map diff"],
                 [[rt, p["images"], f"{p['max_relative_score_difference']:.2e}", p["decisions_differing"],
                   f"{p['max_normalised_map_difference']:.2e}"] for rt, p in parity.items()]))
-    name = f"bundle_speed_{args.detector}" + ("" if dataset == MAGNETIC_TILE.name else f"_{dataset}")
+    name = (f"bundle_speed_{args.detector}" + ("" if dataset == MAGNETIC_TILE.name else f"_{dataset}")
+            + ("" if args.precision == "float32" else f"_{args.precision}"))
     write_result(name, {"args": vars(args), "dataset": dataset, "input_hw": list(det.input_hw), "fit_seconds": fit_s,
                                                     "export_seconds": export_s, "timing": timing, "runs": runs,
                                                     "parity": parity}, started)

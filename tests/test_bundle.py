@@ -144,6 +144,22 @@ def test_other_format_version_and_missing_file_are_refused(exported, tmp_path):
         load_bundle(b)
 
 
+@pytest.mark.parametrize("exported", ["patchcore"], indirect=True)
+def test_a_bfloat16_model_is_not_exported(exported, tmp_path):
+    """The bundle's graph is float32: a model whose bank came from bfloat16 features would score differently
+    there, so its export is refused with the fix, and nothing is written."""
+    model, _, _ = exported
+    shutil.copytree(model, tmp_path / "model")
+    cfg_path = tmp_path / "model" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["params"]["precision"] = "bfloat16"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(WorkbenchError, match="bfloat16.*float32") as err:
+        export_bundle(tmp_path / "model", tmp_path / "bundle")
+    assert "without --precision" in err.value.fix
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_missing_runtime_names_the_package(exported):
     """A machine without onnxruntime: the import is blocked in a fresh interpreter."""
     _, bundle, _ = exported

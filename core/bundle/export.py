@@ -186,6 +186,12 @@ def export_bundle(model_dir: str | Path, out: str | Path, formats: Sequence[str]
         raise WorkbenchError("The bundle folder is the model folder.", "Give another --out folder.")
     cfg = read_model_config(model_dir)
     det = load_detector(model_dir)
+    precision = getattr(det, "precision", "float32")
+    if precision != "float32":  # measured by benchmarks/bundle_speed.py --precision bfloat16
+        raise WorkbenchError(
+            f"{model_dir} was fitted with its backbone in {precision}; a bundle's graph runs in float32, so its "
+            "scores would differ from the model's by the rounding of the features (and some decisions with them).",
+            "Fit the model again without --precision (float32) to export it.")
     module, lb = _feature_module(det)
     probe = _probe(lb, det.input_hw)
     with torch.inference_mode():
