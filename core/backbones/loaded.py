@@ -141,8 +141,7 @@ class LoadedBackbone:
         against this eager pass when built. ``precision="bfloat16"`` runs the pass under bfloat16 autocast (eager;
         float32 maps out): fast only where the device computes bfloat16 natively (``bfloat16_is_fast``).
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        check_precision(precision)
         layers = tuple(dict.fromkeys(layers))
         if not layers:
             return {}
@@ -248,6 +247,12 @@ def _timm_data_cfg(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[flo
 
 
 PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(precision: str) -> None:
+    """ValueError naming the choices unless ``precision`` is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
 
 
 def bfloat16_is_fast(device: str | torch.device | None = None) -> bool:

@@ -19,6 +19,7 @@ from core.backbones.loaded import (  # noqa: F401
     _checked_folded_copy,
     _load_uncached,
     bfloat16_is_fast,
+    check_precision,
     clear_loaded,
     load_backbone,
 )

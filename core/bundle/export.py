@@ -220,8 +220,7 @@ def export_bundle(model_dir: str | Path, out: str | Path, formats: Sequence[str]
             "versions": _versions(formats),
             "model": {"folder": str(model_dir), "arrays_sha256": cfg.get("arrays_sha256"), "backbone": det.backbone,
                       "layers": list(det.layers), "weights_sha256": det.weights_sha256,
-                      # the graph computes in float32; a bfloat16 model's scores move by that rounding here
-                      "precision": det.precision},
+                      "precision": det.precision},  # always float32: a bfloat16 model is refused above
             "input": {"size": det.image_size, "hw": list(det.input_hw),
                       "layout": "N x 3 x height x width (hw) float32, RGB (grey repeated to 3)",
                       "resize": "bilinear, antialiased, align_corners=False, no crop (torch.nn.functional.interpolate)",

@@ -28,15 +28,14 @@ def patch_embedding(
     """
     maps = [torch.as_tensor(features[name]).float() for name in layers]
     size = max((m.shape[-2], m.shape[-1]) for m in maps)
-    has_coarser = any((m.shape[-2], m.shape[-1]) != size for m in maps)
-    fine = [(m.shape[-2], m.shape[-1]) == size for m in maps]
+    weighted = weighted_fine_layers([tuple(m.shape[-2:]) for m in maps])
     if channels is not None:
         # Select before pooling and upsampling (PaDiM keeps 100 of 152 channels: a third less to upsample).
         maps, order = _select_channels(maps, np.asarray(channels, dtype=np.int64))
     else:
         maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
     out = []
-    for m, is_fine in zip(maps, fine):
+    for m, is_weighted in zip(maps, weighted):
         if neighbourhood > 1:
             # Zero padding counted in the mean (as torch's AvgPool2d and the reference PatchCore do): border
             # patches shrink towards 0. Measured on magnetic_tile (1 % greedy, lite0): image AUROC 0.950 with
@@ -44,7 +43,7 @@ def patch_embedding(
             m = F.avg_pool2d(m, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=True)
         if (m.shape[-2], m.shape[-1]) != size:
             m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-        elif is_fine and has_coarser and fine_weight != 1.0:
+        elif is_weighted and fine_weight != 1.0:
             m = m * fine_weight
         out.append(m)
     emb = torch.cat(out, dim=1)
@@ -53,15 +52,23 @@ def patch_embedding(
     return emb.contiguous(memory_format=torch.channels_last)
 
 
+def weighted_fine_layers(sizes: list[tuple[int, int]]) -> list[bool]:
+    """Which layers (their feature maps' (height, width), in order) a fine-layer weight applies to: those at the
+    finest resolution, and only when coarser ones are beside them (all False for one resolution)."""
+    finest = max(sizes)
+    has_coarser = any(hw != finest for hw in sizes)
+    return [has_coarser and hw == finest for hw in sizes]
+
+
 def fine_channel_scale(shapes: dict[str, tuple[int, ...]], layers: tuple[str, ...], weight: float) -> np.ndarray | None:
-    """Per-channel factors of ``patch_embedding``'s output (no channel selection) that weight the layers at the
-    finest resolution by ``weight`` and the others by 1; None when that changes nothing (``weight`` 1, or one
-    resolution only). ``shapes``: each layer's feature shape, channels then height and width last."""
-    dims = [(int(shapes[name][-3]), tuple(int(v) for v in shapes[name][-2:])) for name in layers]
-    size = max(hw for _, hw in dims)
-    if weight == 1.0 or all(hw == size for _, hw in dims):
+    """Per-channel factors of ``patch_embedding``'s output (no channel selection) that weight the finest layers by
+    ``weight`` as ``fine_weight`` does there (``weighted_fine_layers``) and the others by 1; None when that changes
+    nothing. ``shapes``: each layer's feature shape, channels then height and width last."""
+    weighted = weighted_fine_layers([tuple(int(v) for v in shapes[name][-2:]) for name in layers])
+    if weight == 1.0 or not any(weighted):
         return None
-    return np.concatenate([np.full(c, weight if hw == size else 1.0, np.float32) for c, hw in dims])
+    return np.concatenate([np.full(int(shapes[name][-3]), weight if w else 1.0, np.float32)
+                           for name, w in zip(layers, weighted)])
 
 
 def _select_channels(maps: list[torch.Tensor], channels: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:

@@ -123,10 +123,9 @@ class PatchCore(HeatmapDetector):
         self.cfg = config
         super().__init__(config.backbone, config.layers, config.image_size, config.blur_sigma, config.seed,
                          auto_scale=auto)
-        from core.backbones import PRECISIONS
+        from core.backbones import check_precision
 
-        if config.precision not in PRECISIONS:  # a config.json edited or from elsewhere: refused on load, not later
-            raise ValueError(f"precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        check_precision(config.precision)  # a config.json edited or from elsewhere: refused on load, not at scoring
         self.precision = config.precision
         self.bank: np.ndarray | None = None
         self.bank_source: np.ndarray | None = None  # (image index, row, col) of each bank row in train_paths
