@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/backbone_speed.py [--backbone tf_efficientnet_lite0] [--rounds 8]
 
-Five variants run channels-last on random 224-px inputs through the default layers, at batch 1, 4 (the CPU
+Six variants run channels-last on random 224-px inputs through the default layers, at batch 1, 4 (the CPU
 extractor's batch) and 16, in ``--rounds`` alternating rounds: the model as built, the copy with BatchNorm
 folded only, the inference copy (folded + TF "same" padding inside the convolutions,
-``core/backbones/same_padding.py``) run eagerly, and the same copy as the frozen graph the product runs on the CPU
-(``core/backbones/feature_graph.py``): plain frozen, and rewritten for oneDNN (the default). All but the traced ones
-run eagerly. The table gives the median and the fastest
-round per image and the ratios against the model as built. Writes benchmarks/results/backbone_speed.json.
+``core/backbones/same_padding.py``) run eagerly, and the same copy as the frozen graph the product ran on the CPU
+before (``core/backbones/feature_graph.py``): plain frozen, and rewritten for oneDNN; and the same copy run by
+onnxruntime (``core/backbones/onnx_feature_graph.py``, the default). The first three run eagerly. The table gives
+the median and the fastest round per image and the ratios against the model as built. Writes
+benchmarks/results/backbone_speed.json.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import time
 import numpy as np
 from common import table, write_result
 
-VARIANTS = ("as built", "folded only", "inference copy", "traced inference copy", "traced, oneDNN")
-TRACED = VARIANTS[3:]
+VARIANTS = ("as built", "folded only", "inference copy", "traced inference copy", "traced, oneDNN", "onnxruntime")
+TRACED = VARIANTS[3:5]
 BATCHES = (1, 4, 16)
 
 
@@ -45,7 +46,7 @@ def main() -> None:
         raise SystemExit(f"{args.backbone} has no inference copy (nothing to fold); nothing to compare.")
     fold_only = fold_batchnorm(bb.model)[0].to(memory_format=torch.channels_last)
     models = {"as built": None, "folded only": fold_only, "inference copy": inference_copy,
-              "traced inference copy": inference_copy, "traced, oneDNN": inference_copy}
+              "traced inference copy": inference_copy, "traced, oneDNN": inference_copy, "onnxruntime": inference_copy}
     x = torch.randn((16, 3, 224, 224), generator=torch.Generator().manual_seed(0))
     times: dict[tuple[str, int], list[float]] = {(v, b): [] for v in VARIANTS for b in BATCHES}
     for _ in range(args.rounds):
@@ -57,6 +58,7 @@ def main() -> None:
                 bb.set_batchnorm_folding(True)  # drops traced graphs: the warm-up below traces again
             bb.trace_features = variant in TRACED
             bb.onednn_graph = variant == "traced, oneDNN"
+            bb.onnx_features = variant == "onnxruntime"
             for batch in BATCHES:
                 xb = x[:batch]
                 bb.feature_maps(xb, layers)  # warm-up
@@ -67,7 +69,7 @@ def main() -> None:
                 times[(variant, batch)].append(1000 * (time.perf_counter() - t0) / (reps * batch))
     bb.folded_model = inference_copy
     bb.set_batchnorm_folding(True)
-    bb.trace_features = bb.onednn_graph = True
+    bb.trace_features = bb.onednn_graph = bb.onnx_features = True
     out, rows = {}, []
     for batch in BATCHES:
         med = {v: float(np.median(times[(v, batch)])) for v in VARIANTS}
@@ -78,14 +80,17 @@ def main() -> None:
             "ratio_traced": med["as built"] / med["traced inference copy"],
             "ratio_traced_vs_eager_copy": med["inference copy"] / med["traced inference copy"],
             "ratio_onednn_vs_traced": med["traced inference copy"] / med["traced, oneDNN"],
+            "ratio_onnxruntime_vs_onednn": med["traced, oneDNN"] / med["onnxruntime"],
             "rounds": {v: times[(v, batch)] for v in VARIANTS},
         }
         rows.append([batch] + [f"{med[v]:.1f} ({min(times[(v, batch)]):.1f})" for v in VARIANTS]
                     + [round(med["as built"] / med[v], 2) for v in VARIANTS[1:]]
                     + [round(med["inference copy"] / med["traced inference copy"], 2),
-                       round(med["traced inference copy"] / med["traced, oneDNN"], 2)])
+                       round(med["traced inference copy"] / med["traced, oneDNN"], 2),
+                       round(med["traced, oneDNN"] / med["onnxruntime"], 2)])
     print(table(["batch"] + [f"{v} ms/img median (best)" for v in VARIANTS]
-                + [f"as built / {v}" for v in VARIANTS[1:]] + ["eager / traced copy", "traced / oneDNN"], rows))
+                + [f"as built / {v}" for v in VARIANTS[1:]] + ["eager / traced copy", "traced / oneDNN",
+                   "oneDNN / onnxruntime"], rows))
     write_result("backbone_speed", {"backbone": args.backbone, "layers": layers, "rounds": args.rounds,
                                     "results": out}, started)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -98,16 +99,25 @@ def test_feature_shapes_and_strides(photo):
         lite0.feature_maps(x, ["blocks.99"])
 
 
+@contextmanager
+def eager_pass(bb):
+    """The eager torch pass: neither the onnxruntime graph nor the TorchScript one."""
+    bb.onnx_features = bb.trace_features = False
+    try:
+        yield
+    finally:
+        bb.onnx_features = bb.trace_features = True
+
+
 def test_feature_pass_stops_after_deepest_layer(photo):
     bb = load_backbone("tf_efficientnet_lite0", "cpu")
     calls = []
     handles = [bb.inference_model.get_submodule(n).register_forward_hook(lambda *a, n=n: calls.append(n))
                for n in ("blocks.4", "blocks.5", "conv_head")]
-    bb.trace_features = False  # the eager pass (the traced one calls no Python modules: see the next test)
     try:
-        bb.feature_maps(bb.preprocess([photo], 224), ["blocks.2", "blocks.4"])
+        with eager_pass(bb):  # the compiled passes call no Python modules: see the next tests
+            bb.feature_maps(bb.preprocess([photo], 224), ["blocks.2", "blocks.4"])
     finally:
-        bb.trace_features = True
         for h in handles:
             h.remove()
     assert calls == ["blocks.4"]
@@ -120,14 +130,15 @@ def test_traced_feature_pass_equals_eager_for_any_batch_and_skips_the_head(photo
     layers = ["blocks.2", "blocks.4"]
     images = [photo, photo[::-1], photo[:, ::-1], np.ascontiguousarray(photo[50:250, 60:300])]
     x = bb.preprocess(images, 192)  # a size no other test traces: this test builds the graph
-    traced = {b: bb.feature_maps(x[:b], layers) for b in (1, 3, 4)}
+    bb.onnx_features = False
+    try:
+        traced = {b: bb.feature_maps(x[:b], layers) for b in (1, 3, 4)}
+    finally:
+        bb.onnx_features = True
     graph = bb._graphs[(tuple(layers), tuple(bb._check_input(x).shape[1:]), x.dtype)]
     assert graph is not None
-    bb.trace_features = False
-    try:
+    with eager_pass(bb):
         eager = bb.feature_maps(x, layers)
-    finally:
-        bb.trace_features = True
     for b, maps in traced.items():
         for n in layers:
             assert maps[n].shape == eager[n][:b].shape
@@ -146,17 +157,67 @@ def test_traced_feature_pass_is_refused_when_it_differs():
 
     bb = load_backbone("tf_efficientnet_lite0", "cpu")
     x = bb._check_input(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    bb.trace_features = False
-    try:
+    with eager_pass(bb):
         eager = bb.feature_maps(x, ["blocks.2"])
-    finally:
-        bb.trace_features = True
     for onednn in (True, False):
         graph = trace_feature_graph(bb.inference_model, ["blocks.2"], x, eager, onednn)
         assert graph is not None
         assert ("prim::mkldnn_convolution" in str(graph.graph)) == (onednn and torch.backends.mkldnn.is_available())
     wrong = {"blocks.2": eager["blocks.2"] + 0.01 * float(eager["blocks.2"].abs().max())}
     assert trace_feature_graph(bb.inference_model, ["blocks.2"], x, wrong) is None
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])
+def test_onnx_feature_pass_equals_eager_for_every_size_in_its_class_and_any_batch(name, photo):
+    """One onnxruntime graph per size class (height, width mod 64: TF "same" padding depends only on the parities)
+    gives the eager features for sizes, batches and layouts it was never exported at; another class gets its own."""
+    from core.backbones.onnx_feature_graph import SIZE_MODULUS, size_class
+
+    bb = load_backbone(name, "cpu")
+    layers = tuple(bb.info.default_layers)
+    images = [photo, photo[::-1], np.ascontiguousarray(photo[40:260, 30:310])]
+    sizes = [(200, 232), (200 + SIZE_MODULUS, 232 + 3 * SIZE_MODULUS), (201, 233)]  # two classes
+    keys_before = set(bb._onnx_graphs)
+    for h, w in sizes:
+        x = bb.preprocess(images, (h, w))
+        for b in (1, 3):
+            fast = bb.feature_maps(x[:b], layers)
+            with eager_pass(bb):
+                eager = bb.feature_maps(x[:b], layers)
+            for n in layers:
+                assert fast[n].shape == eager[n].shape
+                assert float((fast[n] - eager[n]).abs().max()) <= 1e-5 * float(eager[n].abs().max()), (h, w, b, n)
+        nhwc = bb.feature_maps(x.contiguous(memory_format=torch.channels_last), layers)
+        assert all(torch.equal(nhwc[n], bb.feature_maps(x, layers)[n]) for n in layers)
+    new = set(bb._onnx_graphs) - keys_before
+    assert {k[1] for k in new} <= {size_class(200, 232), size_class(201, 233)}
+    assert all(bb._onnx_graphs[(layers, size_class(h, w))] is not None for h, w in sizes)
+
+
+def test_onnx_feature_pass_is_refused_when_it_differs(monkeypatch, photo):
+    """A graph that does not reproduce the eager pass is not kept: the torch pass runs and the features are right."""
+    import core.backbones.onnx_feature_graph as ofg
+
+    bb = load_backbone("tf_efficientnet_lite0", "cpu")
+    real_export = ofg._export
+
+    def export_of_other_weights(model, layers, probe):
+        import copy
+
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.conv_stem.weight.mul_(1.01)
+        return real_export(other, layers, probe)
+
+    monkeypatch.setattr(ofg, "_export", export_of_other_weights)
+    layers = ("blocks.2",)
+    x = bb.preprocess([photo], (96 + 17, 96 + 5))  # a size class no other test uses
+    got = bb.feature_maps(x, layers)
+    assert bb._onnx_graphs[(layers, ofg.size_class(113, 101))] is None
+    with eager_pass(bb):
+        want = bb.feature_maps(x, layers)
+    assert float((got["blocks.2"] - want["blocks.2"]).abs().max()) <= 1e-5 * float(want["blocks.2"].abs().max())
+    del bb._onnx_graphs[(layers, ofg.size_class(113, 101))]
 
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])

@@ -63,7 +63,7 @@ def capture_layers(model: torch.nn.Module, layers: Sequence[str], x: torch.Tenso
     return captured
 
 
-class _LayerOutputs(torch.nn.Module):
+class LayerOutputs(torch.nn.Module):
     """``capture_layers`` as a module returning a tuple, the form ``torch.jit.trace`` takes."""
 
     def __init__(self, model: torch.nn.Module, layers: Sequence[str]) -> None:
@@ -90,7 +90,7 @@ def trace_feature_graph(
     weights packed once, activations fused, NCHW output without a layout copy), kept when it reproduces ``eager``
     too; else the plain frozen graph. ``benchmarks/backbone_speed.py`` times both.
     """
-    return checked_graph(_LayerOutputs(model, layers), example, [eager[n] for n in layers], onednn)
+    return checked_graph(LayerOutputs(model, layers), example, [eager[n] for n in layers], onednn)
 
 
 def checked_graph(

@@ -8,6 +8,7 @@ import threading
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from core.backbones.sources import _SOURCES, IMAGENET_MEAN, IMAGENET_STD, Backbo
 from core.backbones.vit_pos_embed import _pos_embed_no_antialias
 from core.backbones.weight_cache import _missing_package_error, _weights_file_and_sha
 from core.errors import BackboneUnavailableError, WorkbenchError
+
+if TYPE_CHECKING:
+    from core.backbones.onnx_feature_graph import OnnxFeatureGraph
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,14 @@ class LoadedBackbone:
     # ``model`` stays as built, for training.
     folded_model: torch.nn.Module | None = field(default=None, repr=False)
     use_folded: bool = False  # feature_maps/classify run ``folded_model``; see set_batchnorm_folding
-    trace_features: bool = True  # CPU feature pass of the inference copy as a frozen graph (feature_graph.py)
+    # CPU feature pass of the inference copy run by onnxruntime (onnx_feature_graph.py); else, or where that graph
+    # is not kept, as a frozen TorchScript graph (feature_graph.py)
+    onnx_features: bool = True
+    trace_features: bool = True
     onednn_graph: bool = True  # ... rewritten for oneDNN where that reproduces the eager pass (ditto)
     _strides: dict[str, int] = field(default_factory=dict, repr=False)
     _graphs: dict[tuple, torch.jit.ScriptModule | None] = field(default_factory=dict, repr=False)
+    _onnx_graphs: dict[tuple, OnnxFeatureGraph | None] = field(default_factory=dict, repr=False)
     _graph_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_channels_last(self, on: bool) -> None:
@@ -63,6 +71,7 @@ class LoadedBackbone:
                 self.folded_model.to(memory_format=torch.channels_last)
         self.use_folded = bool(on) and self.folded_model is not None
         self._graphs.clear()
+        self._onnx_graphs.clear()
         return self.use_folded
 
     @property
@@ -118,7 +127,8 @@ class LoadedBackbone:
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
         return (out - mean) / std
 
-    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor, layout: bool = True) -> torch.Tensor:
+        """``x`` validated and on the device; in NHWC when the CNN runs channels-last, unless ``layout`` is False."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise WorkbenchError(f"Backbone input has shape {tuple(x.shape)}; expected B x 3 x H x W.",
                                  "Use LoadedBackbone.preprocess to make the input.")
@@ -129,7 +139,7 @@ class LoadedBackbone:
                 f"Use a size such as {ps * 16} or {ps * 32}.",
             )
         x = x.to(self.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and layout else x
 
     def feature_maps(
         self, x: torch.Tensor, layers: Sequence[str], precision: str = "float32"
@@ -145,7 +155,7 @@ class LoadedBackbone:
         layers = tuple(dict.fromkeys(layers))
         if not layers:
             return {}
-        x = self._check_input(x)
+        x = self._check_input(x, layout=False)
         for name in layers:
             try:
                 self.inference_model.get_submodule(name)
@@ -155,14 +165,31 @@ class LoadedBackbone:
                     f"Choose from: {', '.join(self.info.all_layers) or 'its module names'}.",
                 ) from None
         if precision == "bfloat16":
-            maps = self._eager_feature_maps(x, layers, bfloat16=True)
+            maps = self._eager_feature_maps(self._check_input(x), layers, bfloat16=True)
             return {n: self._to_map(t, x).float() for n, t in maps.items()}
+        onnx_graph = self._onnx_graph(layers, x)
+        if onnx_graph is not None:
+            return dict(zip(layers, onnx_graph(x)))
+        x = self._check_input(x)
         graph = self._feature_graph(layers, x)
         if graph is not None:
             with torch.inference_mode():
                 outputs = graph(x)
             return {n: self._to_map(t, x) for n, t in zip(layers, outputs)}
         return {n: self._to_map(t, x) for n, t in self._eager_feature_maps(x, layers).items()}
+
+    def _onnx_graph(self, layers: tuple[str, ...], x: torch.Tensor) -> OnnxFeatureGraph | None:
+        """The onnxruntime feature pass for ``x``'s size class (built and checked on first use), or None: torch."""
+        if not (self.onnx_features and self.use_folded and self.device.type == "cpu" and self.info.kind != "vit"):
+            return None
+        from core.backbones.onnx_feature_graph import build_onnx_feature_graph, size_class
+
+        key = (layers, size_class(int(x.shape[-2]), int(x.shape[-1])))
+        with self._graph_lock:
+            if key not in self._onnx_graphs:
+                self._onnx_graphs[key] = build_onnx_feature_graph(
+                    self.inference_model, layers, int(x.shape[-2]), int(x.shape[-1]), torch.get_num_threads())
+            return self._onnx_graphs[key]
 
     def _feature_graph(self, layers: tuple[str, ...], x: torch.Tensor) -> torch.jit.ScriptModule | None:
         """The traced feature pass for ``x``'s size (built and checked on first use), or None: run eagerly."""

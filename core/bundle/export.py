@@ -26,12 +26,12 @@ import numpy as np
 from core.bundle import MANIFEST_NAME, is_bundle
 from core.bundle.manifest import BUNDLE_FORMAT_VERSION, FORMATS
 from core.errors import WorkbenchError
+from core.onnx_session import ONNX_OPSET
 from core.storage import PRODUCT, atomic_write_bytes, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:  # annotations only: the module must import without torch
     import torch
 
-ONNX_OPSET = 17
 GRAPH_FILES = {"onnx": "feature.onnx", "openvino": "feature.xml"}
 ARRAYS_FILE = "arrays.safetensors"
 # Largest |graph - torch| / max|torch| on the probe that the export accepts (float32 rounding is ~1e-6).

@@ -22,6 +22,7 @@ from core.bundle.resample import resize_image, upsample_and_blur
 from core.detectors.postprocess import Normalisation
 from core.detectors.results import ScoreResult
 from core.errors import ModelFormatError, WorkbenchError
+from core.onnx_session import onnx_session
 from core.progress import ProgressFn, no_progress
 
 RUNTIME_NAMES = {"onnxruntime": "onnx", "openvino": "openvino"}  # runtime -> the graph format it runs
@@ -45,13 +46,7 @@ class FeatureGraph:
         self.format = fmt
         rt = _import_runtime(fmt)
         if fmt == "onnx":
-            opts = rt.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            # no spinning after a run: the faiss search that follows needs the cores (same policy as the torch
-            # path's OMP_WAIT_POLICY=PASSIVE, core/config.py)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = rt.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._session = onnx_session(path, threads)
             self._input = self._session.get_inputs()[0].name
             self.run = lambda x: self._session.run(None, {self._input: x})[0]
         else:
