@@ -34,6 +34,9 @@ from core.onnx_session import ONNX_OPSET, onnx_session
 
 log = logging.getLogger(__name__)
 
+# After a run over more input pixels than this, the memory arena hands its free buffers back to the system: a
+# 12-MP pass leaves ~2.5 GB in it otherwise, on top of what scoring needs next (benchmarks/highres_synthetic.py).
+SHRINK_ABOVE_PIXELS = 4_000_000
 # Heights and widths equal modulo this get the same "same" padding at every stride-2 stage up to stride 32.
 SIZE_MODULUS = 64
 
@@ -54,7 +57,9 @@ class OnnxFeatureGraph:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         arr = x.detach().contiguous().numpy()  # onnxruntime reads NCHW: a copy only for a channels-last input
-        return tuple(torch.from_numpy(o) for o in self.session.run(None, {self._input: arr}))
+        big = arr.shape[0] * arr.shape[2] * arr.shape[3] > SHRINK_ABOVE_PIXELS
+        outputs = self.session.run(None, {self._input: arr}, _shrink_options() if big else None)
+        return tuple(torch.from_numpy(o) for o in outputs)
 
 
 def build_onnx_feature_graph(
@@ -104,3 +109,11 @@ def _reproduces(graph: OnnxFeatureGraph, model: torch.nn.Module, layers: Sequenc
         log.info("ONNX feature pass failed on its check (%s: %s)", type(exc).__name__, exc)
         return False
     return len(outputs) == len(layers) and all(outputs_match(eager[n], o) for n, o in zip(layers, outputs))
+
+
+def _shrink_options() -> Any:
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
