@@ -1,5 +1,6 @@
 """The feature pass of a CNN's inference copy as one frozen TorchScript graph (CPU), and the layer capture it shares
-with the eager pass.
+with the eager pass and the onnxruntime pass. On the CPU the onnxruntime pass (``onnx_feature_graph.py``) runs
+first; this graph runs where that one is off or was not kept.
 
 Eager PyTorch pays Python and dispatcher overhead on every module call: lite0's feature pass makes ~180 of them
 per batch, which at batch 1 on 2 CPU cores is a quarter of its ~13 ms. A traced, frozen graph runs the same

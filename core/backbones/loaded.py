@@ -1,5 +1,6 @@
-"""A loaded backbone at run time: the model as built (for training), its inference copy (BatchNorm folded, NHWC,
-and on the CPU a frozen graph per input size), preprocessing and the feature pass; cached per (name, device)."""
+"""A loaded backbone at run time: the model as built (for training), its inference copy (BatchNorm folded, NHWC;
+on the CPU run by onnxruntime, one graph per input size class, else as a frozen TorchScript graph per input size),
+preprocessing and the feature pass; cached per (name, device)."""
 
 from __future__ import annotations
 
@@ -147,9 +148,10 @@ class LoadedBackbone:
         """B x C x h x w feature maps of the named modules; the forward pass stops after the deepest one.
 
         For ViT blocks the tokens are reshaped to B x C x (H / patch) x (W / patch), class/register tokens dropped.
-        On the CPU a CNN's inference copy runs as a frozen graph per input size (``feature_graph.py``), checked
-        against this eager pass when built. ``precision="bfloat16"`` runs the pass under bfloat16 autocast (eager;
-        float32 maps out): fast only where the device computes bfloat16 natively (``bfloat16_is_fast``).
+        On the CPU a CNN's inference copy runs by onnxruntime (``onnx_feature_graph.py``), else as a frozen graph per
+        input size (``feature_graph.py``), each checked against this eager pass when built. ``precision="bfloat16"``
+        runs the pass under bfloat16 autocast (eager; float32 maps out): fast only where the device computes bfloat16
+        natively (``bfloat16_is_fast``).
         """
         check_precision(precision)
         layers = tuple(dict.fromkeys(layers))
