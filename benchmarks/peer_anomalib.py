@@ -225,7 +225,10 @@ def run_product(model: str, train_paths: list[str], test_paths: list[str], label
         raise SystemExit(f"product could not score {len(res.errors)} test images: {list(res.errors.values())[:3]}")
     # Timing probe: decoded images in memory, batch 32 then batch 1 (same images and rounds as the peer's probe);
     # the median of PROBE_ROUNDS passes is reported (the machine is shared: single passes move a lot).
-    imgs = [read_image(p) for p in test_paths[:PROBE_IMAGES]]
+    # Decoded as the product decodes files it scores (core.features.extractor: keep_gray=True, a grey file as one
+    # channel); the peer decodes as anomalib does (PIL, RGB). Until 2026-12-07 this fed the product RGB copies of
+    # grey files, which its own file path never makes (three channels resized instead of one).
+    imgs = [read_image(p, keep_gray=True) for p in test_paths[:PROBE_IMAGES]]
     singles = imgs[:PROBE_SINGLE]
     det.score_images(imgs[:2])  # warm-up
     batched, single = [], []
@@ -601,7 +604,8 @@ def main() -> None:
                        "AUPRO (core.metrics.aupro, FPR up to 0.3, 200 thresholds, as core.evaluation) on one "
                        f"{metric_hw[0]} x {metric_hw[1]} grid: maps resized bilinearly, masks nearest, normal images "
                        "all-zero",
-            "product_preprocess": "decode, torch bilinear resize with antialiasing to the product's input size",
+            "product_preprocess": "decode (grey files as one channel, as the product reads files), torch bilinear "
+                                  "resize with antialiasing to the product's input size",
             "peer_preprocess": f"PIL decode, RGB, PIL bilinear resize to {args.peer_size} x {args.peer_size}",
         },
         "summary": summary(results),
