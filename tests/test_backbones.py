@@ -100,9 +100,9 @@ def test_feature_shapes_and_strides(photo):
 
 
 @contextmanager
-def eager_pass(bb):
-    """The eager torch pass: neither the onnxruntime graph nor the TorchScript one."""
-    bb.onnx_features = bb.trace_features = False
+def torch_pass(bb, traced: bool = False):
+    """The torch pass instead of the onnxruntime graph: eager, or the frozen TorchScript graph when ``traced``."""
+    bb.onnx_features, bb.trace_features = False, traced
     try:
         yield
     finally:
@@ -115,7 +115,7 @@ def test_feature_pass_stops_after_deepest_layer(photo):
     handles = [bb.inference_model.get_submodule(n).register_forward_hook(lambda *a, n=n: calls.append(n))
                for n in ("blocks.4", "blocks.5", "conv_head")]
     try:
-        with eager_pass(bb):  # the compiled passes call no Python modules: see the next tests
+        with torch_pass(bb):  # the compiled passes call no Python modules: see the next tests
             bb.feature_maps(bb.preprocess([photo], 224), ["blocks.2", "blocks.4"])
     finally:
         for h in handles:
@@ -130,14 +130,11 @@ def test_traced_feature_pass_equals_eager_for_any_batch_and_skips_the_head(photo
     layers = ["blocks.2", "blocks.4"]
     images = [photo, photo[::-1], photo[:, ::-1], np.ascontiguousarray(photo[50:250, 60:300])]
     x = bb.preprocess(images, 192)  # a size no other test traces: this test builds the graph
-    bb.onnx_features = False
-    try:
+    with torch_pass(bb, traced=True):
         traced = {b: bb.feature_maps(x[:b], layers) for b in (1, 3, 4)}
-    finally:
-        bb.onnx_features = True
     graph = bb._graphs[(tuple(layers), tuple(bb._check_input(x).shape[1:]), x.dtype)]
     assert graph is not None
-    with eager_pass(bb):
+    with torch_pass(bb):
         eager = bb.feature_maps(x, layers)
     for b, maps in traced.items():
         for n in layers:
@@ -157,7 +154,7 @@ def test_traced_feature_pass_is_refused_when_it_differs():
 
     bb = load_backbone("tf_efficientnet_lite0", "cpu")
     x = bb._check_input(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    with eager_pass(bb):
+    with torch_pass(bb):
         eager = bb.feature_maps(x, ["blocks.2"])
     for onednn in (True, False):
         graph = trace_feature_graph(bb.inference_model, ["blocks.2"], x, eager, onednn)
@@ -182,7 +179,7 @@ def test_onnx_feature_pass_equals_eager_for_every_size_in_its_class_and_any_batc
         x = bb.preprocess(images, (h, w))
         for b in (1, 3):
             fast = bb.feature_maps(x[:b], layers)
-            with eager_pass(bb):
+            with torch_pass(bb):
                 eager = bb.feature_maps(x[:b], layers)
             for n in layers:
                 assert fast[n].shape == eager[n].shape
@@ -214,7 +211,7 @@ def test_onnx_feature_pass_is_refused_when_it_differs(monkeypatch, photo):
     x = bb.preprocess([photo], (96 + 17, 96 + 5))  # a size class no other test uses
     got = bb.feature_maps(x, layers)
     assert bb._onnx_graphs[(layers, ofg.size_class(113, 101))] is None
-    with eager_pass(bb):
+    with torch_pass(bb):
         want = bb.feature_maps(x, layers)
     assert float((got["blocks.2"] - want["blocks.2"]).abs().max()) <= 1e-5 * float(want["blocks.2"].abs().max())
     del bb._onnx_graphs[(layers, ofg.size_class(113, 101))]

@@ -128,8 +128,16 @@ class LoadedBackbone:
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
         return out.sub_(mean).div_(std)  # in place: at 12 MP each copy is 144 MB
 
-    def _check_input(self, x: torch.Tensor, layout: bool = True) -> torch.Tensor:
-        """``x`` validated and on the device; in NHWC when the CNN runs channels-last, unless ``layout`` is False."""
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` validated, on the device and in the torch pass's layout (``_torch_layout``)."""
+        return self._torch_layout(self._validated(x))
+
+    def _torch_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in NHWC when the CNN runs channels-last (the onnxruntime pass reads NCHW as it is)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _validated(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the device, or a WorkbenchError naming what is wrong with its shape."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise WorkbenchError(f"Backbone input has shape {tuple(x.shape)}; expected B x 3 x H x W.",
                                  "Use LoadedBackbone.preprocess to make the input.")
@@ -139,8 +147,7 @@ class LoadedBackbone:
                 f"{self.info.name} needs an input size that is a multiple of {ps}; got {x.shape[-2]} x {x.shape[-1]}.",
                 f"Use a size such as {ps * 16} or {ps * 32}.",
             )
-        x = x.to(self.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and layout else x
+        return x.to(self.device)
 
     def feature_maps(
         self, x: torch.Tensor, layers: Sequence[str], precision: str = "float32"
@@ -157,7 +164,7 @@ class LoadedBackbone:
         layers = tuple(dict.fromkeys(layers))
         if not layers:
             return {}
-        x = self._check_input(x, layout=False)
+        x = self._validated(x)
         for name in layers:
             try:
                 self.inference_model.get_submodule(name)
@@ -167,12 +174,12 @@ class LoadedBackbone:
                     f"Choose from: {', '.join(self.info.all_layers) or 'its module names'}.",
                 ) from None
         if precision == "bfloat16":
-            maps = self._eager_feature_maps(self._check_input(x), layers, bfloat16=True)
+            maps = self._eager_feature_maps(self._torch_layout(x), layers, bfloat16=True)
             return {n: self._to_map(t, x).float() for n, t in maps.items()}
         onnx_graph = self._onnx_graph(layers, x)
         if onnx_graph is not None:
             return dict(zip(layers, onnx_graph(x)))
-        x = self._check_input(x)
+        x = self._torch_layout(x)
         graph = self._feature_graph(layers, x)
         if graph is not None:
             with torch.inference_mode():
